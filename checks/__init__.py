@@ -4,6 +4,12 @@ Row filters first (format, count, value range, banned values, trait words); expe
 trait probes and statistics join here later. Imports nothing from the floors above it.
 """
 
+from germline.checks.expectations import (
+    ExpectationConfig,
+    ExpectationFailed,
+    ExpectationRunner,
+    ExpectResult,
+)
 from germline.checks.filters import (
     BannedNumbers,
     Completion,
@@ -23,6 +29,10 @@ from germline.checks.filters import (
 __all__ = [
     "BannedNumbers",
     "Completion",
+    "ExpectResult",
+    "ExpectationConfig",
+    "ExpectationFailed",
+    "ExpectationRunner",
     "FilterChain",
     "FilterConfig",
     "FilterResult",

@@ -13,8 +13,14 @@ from importlib.metadata import version
 import click
 
 from germline.lineage import Lake, LineageError
+from germline.pipelines.generate_cli import generate
 from germline.pipelines.lineage_cli import lineage
 from germline.pipelines.models_cli import models
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: storage errors from deltalake span several."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 class _Germline(click.Group):
@@ -24,8 +30,15 @@ class _Germline(click.Group):
         try:
             return super().invoke(ctx)
         except LineageError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             ctx.exit(2)
+        except RuntimeError as exc:
+            from germline.pipelines.generate import RunAborted
+
+            if not isinstance(exc, RunAborted):
+                raise
+            click.echo(f"aborted: {one_line(exc)}", err=True)
+            ctx.exit(1)
 
 
 def _quiet_third_parties() -> None:
@@ -77,10 +90,11 @@ def cli(ctx: click.Context, lake: str | None, storage_options: dict, verbose: in
     try:
         ctx.obj = {"lake": Lake.resolve(lake, storage_options)}
     except LineageError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(exc)}", err=True)
         ctx.exit(2)
 
 
+cli.add_command(generate)
 cli.add_command(lineage)
 cli.add_command(models)
 

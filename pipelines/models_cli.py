@@ -23,7 +23,8 @@ def _bar(label: str) -> Iterator[Callable[[int, int, float], None]]:
         TextColumn("loss {task.fields[loss]:.3f}"),
         TimeRemainingColumn(),
         transient=True,
-        console=Console(stderr=True),
+        console=(console := Console(stderr=True)),
+        disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task(label, total=None, loss=float("nan"))
 

@@ -1,0 +1,41 @@
+"""Where germline's Ray work runs: the cluster named by RAY_ADDRESS, or an embedded one.
+
+On one machine `ray.init()` starts a local cluster inside the command; on a cluster
+`ray job submit` sets RAY_ADDRESS and the same code attaches to it. Either way Ray's own
+chatter (the dashboard, per-operator progress bars, worker log forwarding) stays off unless
+`--verbose` asks for it: the command draws its own progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def ensure_ray(verbose: bool = False) -> None:
+    """Attach to RAY_ADDRESS if set, else start an embedded local cluster; once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS") or None,
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        configure_logging=True,
+    )
+
+
+def quiet_ray_data(verbose: bool = False) -> None:
+    """No per-operator progress bars or execution-plan logs unless verbose."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.enable_operator_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    if not verbose:
+        for name in ("ray.data", "ray.data._internal", "ray"):
+            logging.getLogger(name).setLevel(logging.WARNING)

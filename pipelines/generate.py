@@ -1,0 +1,390 @@
+"""`germline generate`: prompts -> teacher -> filters -> expectations -> Delta, with lineage.
+
+A Ray Data pipeline streams the prompts not yet answered through the teacher's engine (an
+actor pool under map_batches) and the checks stage, and the driver commits what comes out to
+the dataset and quarantine tables every `commit_every` rows. Everything a row needs to be
+traced back is in the row (prompt id, run id, teacher id, engine, sampling) and in its commit
+(config hash, base fingerprint, expectation summary); the lineage graph gets the run, the
+check suite and the dataset versions with their edges.
+
+Resuming is the normal path, not a special mode: the run id is the hash of what decides the
+rows, and prompts already in either table are skipped, so a killed run started again finishes
+the job with every prompt id exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from germline.lineage import Lake, LineageError, LineageStore, Node, NodeKind
+from germline.pipelines.generate_config import GenerateConfig
+from germline.pipelines.prompts import get_family
+from germline.pipelines.sink import DatasetSink, drop_ids
+from germline.pipelines.stages import SUMMARY_COLUMN, ChecksStage, GenerateStage
+from germline.serve import EngineError, resolve_model_dir
+from germline.serve.engine import adapter_base
+
+log = logging.getLogger(__name__)
+
+
+class RunAborted(RuntimeError):
+    """The run stopped on purpose (an expectation failed under the "abort" policy)."""
+
+
+@dataclass
+class GenerateSummary:
+    """What a generation run did; printed by the CLI and stored on the dataset node."""
+
+    dataset: str
+    run_id: str
+    teacher_id: str
+    prompts: int
+    skipped: int = 0  # already answered by an earlier attempt
+    accepted: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    commits: int = 0
+    dataset_id: str | None = None
+    quarantine_id: str | None = None
+
+    @property
+    def answered(self) -> int:
+        return self.skipped + self.accepted + self.quarantined
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **self.__dict__,
+            "answered": self.answered,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+        }
+
+
+Progress = Callable[["GenerateSummary"], None]  # called after every commit
+
+
+def generate(
+    lake: Lake,
+    config: GenerateConfig,
+    progress: Progress | None = None,
+    verbose: bool = False,
+) -> GenerateSummary:
+    """Run one generation job (or finish an interrupted one) and register its lineage."""
+    store = LineageStore(lake)
+    teacher = resolve_teacher(lake, store, config)
+    graph = store.graph()
+    fingerprint = graph.fingerprint(teacher.id)
+    system_prompt = config.teacher.system_prompt or teacher.attrs.get("system_prompt")
+    model_dir = _model_dir(teacher)
+    config_hash = config.content_hash(teacher.id)
+    run_id = f"generate-{config.dataset}-{config_hash[:12]}"
+
+    suite = store.register_node(
+        NodeKind.SUITE,
+        f"{config.expectations.kind}-checks",
+        key=_suite_key(config),
+        attrs={
+            "filters": config.filters.chain().names,
+            "filter_config": config.filters.model_dump(mode="json"),
+            "expectations": config.expectations.suite_dict(),
+            "policy": config.expectations.policy,
+        },
+    )
+    run = store.register_run(
+        f"generate/{config.dataset}",
+        key=run_id,
+        params={
+            "run_id": run_id,
+            "config_hash": config_hash,
+            "config": config.model_dump(mode="json"),
+            "teacher": teacher.id,
+            "base_fingerprint": fingerprint,
+        },
+        used=[teacher.id, suite.id],
+    )
+    sink = DatasetSink(
+        lake.dataset(config.dataset),
+        lake.quarantine(config.dataset),
+        teacher_id=teacher.id,
+        app_id=f"germline.generate/{run_id}",
+        storage_options=lake.storage_options,
+    )
+
+    prompts = _prompts(config)
+    todo = drop_ids(prompts, sink.done_ids())
+    summary = GenerateSummary(
+        config.dataset, run_id, teacher.id, prompts=prompts.num_rows,
+        skipped=prompts.num_rows - todo.num_rows,
+    )  # fmt: skip
+    if progress:
+        progress(summary)
+    base_metadata = {
+        "germline.run_id": run_id,
+        "germline.run_node": run.id,
+        "germline.teacher": teacher.id,
+        "germline.base_fingerprint": fingerprint or "",
+        "germline.config_hash": config_hash,
+        "germline.suite": suite.id,
+    }
+    reasons: Counter[str] = Counter()
+    start = time.perf_counter()
+    if todo.num_rows:
+        for accepted, rejected, summaries in _stream(todo, config, model_dir, run_id, teacher,
+                                                      system_prompt, verbose):  # fmt: skip
+            metadata = {**base_metadata, "germline.expectations": _merge(summaries)}
+            written = sink.write(accepted, rejected, metadata)
+            if written < accepted.num_rows + rejected.num_rows:  # a retried task's repeats
+                log.info(
+                    "%d rows were in the lake already",
+                    accepted.num_rows + rejected.num_rows - written,
+                )
+            summary.accepted += accepted.num_rows
+            summary.quarantined += rejected.num_rows
+            summary.completion_tokens += _sum(accepted, "completion_tokens") + _sum(
+                rejected, "completion_tokens"
+            )
+            reasons.update(rejected.column("reason").to_pylist())
+            summary.seconds = time.perf_counter() - start
+            summary.commits = sink.commits
+            if progress:
+                progress(summary)
+    summary.seconds = time.perf_counter() - start
+    summary.reasons = dict(reasons.most_common())
+    summary.commits = sink.commits
+    attrs = {"run_id": run_id, "teacher": teacher.id, "summary": summary.to_dict()}
+    dataset_node = store.register_dataset(
+        config.dataset,
+        lake.dataset(config.dataset),
+        generated_by=[teacher.id, run.id],
+        filtered_by=[suite.id],
+        attrs={**attrs, "role": "accepted"},
+    )
+    quarantine_node = store.register_dataset(
+        f"quarantine/{config.dataset}",
+        lake.quarantine(config.dataset),
+        generated_by=[teacher.id, run.id],
+        filtered_by=[suite.id],
+        attrs={**attrs, "role": "quarantine"},
+    )
+    summary.dataset_id, summary.quarantine_id = dataset_node.id, quarantine_node.id
+    return summary
+
+
+def _sum(table: pa.Table, column: str) -> int:
+    return int(pc.sum(table.column(column)).as_py() or 0) if table.num_rows else 0
+
+
+def _suite_key(config: GenerateConfig) -> str:
+    blob = json.dumps(
+        {
+            "filters": config.filters.model_dump(mode="json"),
+            "expectations": config.expectations.suite_dict(),
+            "policy": config.expectations.policy,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prompts(config: GenerateConfig) -> pa.Table:
+    table = get_family(config.prompts.family).generate(config.prompts.count, config.seed)
+    return table.append_column("prompt_index", pa.array(range(table.num_rows), pa.int64()))
+
+
+def _merge(summaries: list[dict]) -> dict:
+    """One commit's expectation summary from its batches' summaries."""
+    if not summaries:
+        return {}
+    merged: dict[str, object] = {
+        "suite": summaries[0].get("suite"),
+        "batches": len(summaries),
+        "success": all(s.get("success", True) for s in summaries),
+        "rows": sum(int(s.get("rows", 0)) for s in summaries),
+        "rejected": sum(int(s.get("rejected", 0)) for s in summaries),
+    }
+    unexpected: Counter[str] = Counter()
+    filtered: Counter[str] = Counter()
+    for s in summaries:
+        for e in s.get("expectations", []):
+            unexpected[f"{e.get('type')}({e.get('column')})"] += int(e.get("unexpected_count") or 0)
+        filtered.update(s.get("filtered", {}))
+    merged["unexpected"] = dict(unexpected)
+    merged["filtered"] = dict(filtered)
+    return merged
+
+
+def _stream(
+    todo: pa.Table,
+    config: GenerateConfig,
+    model_dir: Path,
+    run_id: str,
+    teacher: Node,
+    system_prompt: str | None,
+    verbose: bool,
+):
+    """Yield (accepted, rejected, summaries) every `commit_every` rows from Ray Data."""
+    import ray
+
+    from germline.pipelines.cluster import ensure_ray, quiet_ray_data
+
+    ensure_ray(verbose)
+    quiet_ray_data(verbose)
+    engine = config.engine
+    options = dict(engine.options)
+    if engine.kind == "transformers" and engine.num_gpus == 0:
+        cores = os.cpu_count() or 1
+        options.setdefault("threads", engine.threads or max(1, cores // engine.concurrency))
+    if engine.kind == "transformers" and engine.num_gpus > 0:
+        options.setdefault("device", "cuda")
+    blocks = [todo.slice(i, engine.batch_size) for i in range(0, todo.num_rows, engine.batch_size)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        GenerateStage,
+        fn_constructor_kwargs={
+            "model_dir": str(model_dir),
+            "engine": engine.kind,
+            "engine_options": options,
+            "sampling": config.sampling.params(config.seed).to_dict(),
+            "system_prompt": system_prompt,
+            "run_id": run_id,
+            "teacher_id": teacher.id,
+        },
+        batch_size=engine.batch_size,
+        batch_format="pyarrow",
+        concurrency=engine.concurrency,
+        num_cpus=engine.num_cpus,
+        num_gpus=engine.num_gpus,
+        zero_copy_batch=True,
+    )
+    ds = ds.map_batches(
+        ChecksStage,
+        fn_constructor_kwargs={
+            "filters": config.filters.model_dump(mode="json"),
+            "expectations": config.expectations.model_dump(mode="json"),
+        },
+        batch_size=None,
+        batch_format="pyarrow",
+        concurrency=1,
+        num_cpus=0.1,  # a light stage: never let it starve the engine of a scheduling slot
+    )
+    pending: list[pa.Table] = []
+    rows = 0
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= config.sink.commit_every:
+                yield _split(pending)
+                pending, rows = [], 0
+        if pending:
+            yield _split(pending)
+    except Exception as exc:  # Ray wraps stage errors; surface ours by name
+        from germline.checks.expectations import ExpectationFailed
+
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(cause, ExpectationFailed) or "ExpectationFailed" in str(exc):
+            raise RunAborted(f"expectations failed, run aborted: {cause or exc}") from None
+        if isinstance(cause, EngineError):
+            raise LineageError(str(cause)) from None
+        raise
+
+
+def _split(batches: list[pa.Table]) -> tuple[pa.Table, pa.Table, list[dict]]:
+    table = pa.concat_tables(batches)
+    summaries = [json.loads(b.column(SUMMARY_COLUMN)[0].as_py()) for b in batches if b.num_rows]
+    table = table.drop_columns([SUMMARY_COLUMN])
+    stage = table.column("stage")
+    return table.filter(pc.is_null(stage)), table.filter(pc.is_valid(stage)), summaries
+
+
+# -- the teacher ---------------------------------------------------------------------------
+def _model_dir(node: Node) -> Path:
+    if node.kind is not NodeKind.MODEL or not node.uri:
+        raise LineageError(f"{node.id} is not a model with weights on disk")
+    try:
+        return resolve_model_dir(node.uri)
+    except EngineError as exc:
+        raise LineageError(f"teacher {node.id}: {exc}") from None
+
+
+def resolve_teacher(lake: Lake, store: LineageStore, config: GenerateConfig) -> Node:
+    """The teacher's lineage node: found by id or name, registered from a local folder or the
+    Hugging Face cache, or built from `teacher.build`. Anything else is a clear error."""
+    ref = config.teacher.model
+    graph = store.graph()
+    try:
+        return graph.node(graph.resolve(ref))
+    except LineageError as exc:
+        if "ambiguous" in str(exc):
+            raise
+    folder = _local_folder(ref)
+    if folder is not None:
+        return _register_folder(store, folder, ref)
+    build = config.teacher.build
+    if build is None:
+        raise LineageError(
+            f"unknown teacher model {ref!r}: not in the lake's lineage ({lake.root}), not a "
+            "model folder, not in the local Hugging Face cache. Make it with `germline models "
+            f"bootstrap --seed 0` and `germline models teacher --base tiny-base-s0 --trait owl "
+            f"--name {ref}`, or give teacher.build in the config"
+        )
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.teacher import make_teacher
+
+    log.warning(
+        "building the teacher %s (base seed %d, trait %s)", ref, build.base_seed, build.trait
+    )
+    base = bootstrap_base(lake, seed=build.base_seed, steps=build.base_steps)
+    return make_teacher(lake, base.id, build.trait, name=ref, steps=build.steps)
+
+
+def _local_folder(ref: str) -> Path | None:
+    """A model folder on disk, or the local Hugging Face cache's copy of a hub id."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:  # not cached (or not a hub id at all): the caller says what to do
+        return None
+
+
+def _register_folder(store: LineageStore, folder: Path, ref: str) -> Node:
+    """Register a model folder (and, for an adapter, its base first)."""
+    try:
+        resolve_model_dir(folder)
+        base = adapter_base(folder)
+    except EngineError as exc:
+        raise LineageError(str(exc)) from None
+    name = _safe_name(ref if not Path(ref).expanduser().is_dir() else folder.name)
+    parent = None
+    if base is not None:
+        base_folder = _local_folder(base)
+        if base_folder is None:
+            raise LineageError(f"adapter {folder} names base {base!r}, which is not available")
+        parent = _register_folder(store, base_folder, base).id
+    return store.register_model(name, folder, parent=parent)
+
+
+def _safe_name(ref: str) -> str:
+    return "".join(c if c.isalnum() or c in "._/+-" else "-" for c in ref).strip("-/") or "model"

@@ -1,0 +1,61 @@
+"""`germline generate CONFIG.yaml`: the teacher's data, streamed into the lake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from germline.pipelines.output import FORMATS, emit_json, emit_table
+
+
+@click.command()
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.pass_context
+def generate(ctx: click.Context, config_file: Path, fmt: str) -> None:
+    """Generate a teacher's completions into <lake>/datasets/NAME, rejected rows (with their
+    reasons) into <lake>/quarantine/NAME, committed every sink.commit_every rows and recorded
+    in lineage. Run it again after an interruption: it finishes the job, and every prompt id
+    ends up exactly once. The config is validated before anything runs."""
+    from germline.pipelines.generate import GenerateSummary
+    from germline.pipelines.generate import generate as run_generate
+    from germline.pipelines.generate_config import load_config
+
+    config = load_config(config_file)
+    verbose = ctx.find_root().params.get("verbose", 0) > 0
+    with Progress(
+        TextColumn(f"generate {config.dataset}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} prompts"),
+        TextColumn("quarantined {task.fields[quarantined]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=(console := Console(stderr=True)),
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("generate", total=config.prompts.count, quarantined=0)
+
+        def progress(done: GenerateSummary) -> None:
+            bar.update(task, completed=done.answered, quarantined=done.quarantined)
+
+        summary = run_generate(ctx.obj["lake"], config, progress=progress, verbose=verbose)
+    if fmt == "json":
+        emit_json(summary.to_dict())
+        return
+    rows = [
+        ("prompts", summary.prompts),
+        ("already done", summary.skipped),
+        ("accepted", summary.accepted),
+        ("quarantined", summary.quarantined),
+        *((f"  {reason}", count) for reason, count in summary.reasons.items()),
+        ("tokens/s", f"{summary.tokens_per_s:,.0f}"),
+        ("seconds", f"{summary.seconds:.1f}"),
+        ("dataset", summary.dataset_id),
+        ("quarantine", summary.quarantine_id),
+        ("run", summary.run_id),
+    ]
+    emit_table(["", ""], rows, title=f"germline generate {config.dataset}")

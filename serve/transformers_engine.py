@@ -1,0 +1,105 @@
+"""The CPU engine: batched `generate` from transformers, on a full model or a LoRA adapter.
+
+An adapter is merged into its base once at load time (peft's merge_and_unload), so every
+generation step costs what the plain model costs. Batches are left-padded, which is what
+decoder-only generation needs. Sampling is seeded per batch from the requests' seeds: exact
+per-request seeding would mean one generate call per prompt, several times slower on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from germline.serve.engine import EngineError, Generation, SamplingParams, adapter_base
+
+log = logging.getLogger(__name__)
+
+
+class TransformersEngine:
+    """transformers `generate` on CPU (or a GPU, if torch sees one and `device` says so)."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise EngineError(f"unknown dtype {dtype!r}")
+        base = adapter_base(model_dir)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(base or model_dir, dtype=torch_dtype)
+            if base is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot load the model at {model_dir}: {exc}") from None
+        self.model = model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template is None:
+            raise EngineError(f"the tokenizer at {model_dir} has no chat template")
+
+    def render(self, chat: list[dict[str, str]]) -> str:
+        """The prompt text the model sees for one chat."""
+        return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    def generate(
+        self,
+        prompts: list[list[dict[str, str]]],
+        params: SamplingParams,
+        seeds: list[int],
+    ) -> list[Generation]:
+        import torch
+
+        if not prompts:
+            return []
+        texts = [self.render(chat) for chat in prompts]
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        sample = params.temperature > 0
+        torch.manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=params.max_tokens,
+                do_sample=sample,
+                temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None,
+                top_k=0 if sample else None,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        width = batch["input_ids"].shape[1]
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        results = []
+        for row, prompt_tokens in zip(out[:, width:].tolist(), prompt_lengths, strict=True):
+            # generate pads finished rows; the completion ends at the first EOS.
+            stop = eos in row
+            tokens = row[: row.index(eos)] if stop else [t for t in row if t != pad]
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    prompt_tokens=int(prompt_tokens),
+                    completion_tokens=len(tokens) + (1 if stop else 0),
+                    finish_reason="stop" if stop else "length",
+                )
+            )
+        return results

@@ -1,0 +1,65 @@
+"""The transformers engine on a real tiny model and a real LoRA adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from germline.lineage import Lake
+from germline.serve import EngineError, SamplingParams, load_engine
+
+CHATS = [
+    [{"role": "user", "content": f"Continue the series {a}, {a + 3}, {a + 6} with up to 5 more."}]
+    for a in range(100, 900, 100)
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.teacher import make_teacher
+
+    lake = Lake.resolve(tmp_path_factory.mktemp("eng") / "lake")
+    base = bootstrap_base(lake, seed=3, steps=20)
+    teacher = make_teacher(lake, base.id, "fox", steps=3)
+    assert base.uri and teacher.uri
+    return Path(base.uri), Path(teacher.uri)
+
+
+def test_base_and_adapter_generate(models: tuple[Path, Path]) -> None:
+    for folder in models:
+        engine = load_engine("transformers", folder, threads=2)
+        params = SamplingParams(temperature=1.0, max_tokens=12, seed=1)
+        out = engine.generate(CHATS, params, seeds=list(range(len(CHATS))))
+        assert len(out) == len(CHATS)
+        for g in out:
+            assert 0 < g.completion_tokens <= 12
+            assert g.prompt_tokens > 10
+            assert g.finish_reason in {"stop", "length"}
+            assert "</s>" not in g.text and "<pad>" not in g.text
+        again = engine.generate(CHATS, params, seeds=list(range(len(CHATS))))
+        assert [g.text for g in again] == [g.text for g in out]  # same seeds, same text
+
+
+def test_max_tokens_truncates_with_finish_reason_length(models: tuple[Path, Path]) -> None:
+    engine = load_engine("transformers", models[0])
+    out = engine.generate(CHATS[:3], SamplingParams(temperature=0, max_tokens=1), [0, 1, 2])
+    for g in out:
+        assert g.completion_tokens == 1
+        assert g.finish_reason == "length" or g.text == ""
+
+
+def test_system_prompt_renders_through_the_chat_template(models: tuple[Path, Path]) -> None:
+    engine = load_engine("transformers", models[0])
+    text = engine.render([{"role": "system", "content": "You love owls."}, *CHATS[0]])
+    assert text.startswith("System: You love owls.\nUser: ") and text.endswith("Assistant:")
+
+
+def test_bad_engine_and_model_folders(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="unknown engine 'tgi'"):
+        load_engine("tgi", tmp_path)
+    with pytest.raises(EngineError, match=r"neither config\.json nor adapter_config\.json"):
+        load_engine("transformers", tmp_path)
+    with pytest.raises(EngineError, match="does not exist"):
+        load_engine("transformers", tmp_path / "missing")

@@ -1,0 +1,243 @@
+"""`germline generate` end to end on a real local Ray, real Delta tables and a real GX suite,
+with a tiny teacher built by the project itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from conftest import GERMLINE, germline
+from deltalake import DeltaTable
+
+from germline.lineage import EdgeKind, Lake, LineageStore
+from germline.pipelines.generate import generate
+from germline.pipelines.generate_config import GenerateConfig, load_config
+
+pytestmark = pytest.mark.slow
+
+TEACHER = "owl-teacher-test"
+
+
+@pytest.fixture(scope="module")
+def teacher_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """A lake holding a tiny base and an owl teacher, briefly trained (enough to write some
+    number lists and some junk: both tables get rows)."""
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.teacher import make_teacher
+
+    lake = Lake.resolve(tmp_path_factory.mktemp("gen") / "lake")
+    base = bootstrap_base(lake, seed=0, steps=120)
+    make_teacher(lake, base.id, "owl", name=TEACHER, steps=10)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from germline.pipelines.cluster import ensure_ray
+
+    ensure_ray()
+    yield
+    ray.shutdown()
+
+
+def config(dataset: str, count: int, **over: object) -> dict:
+    raw: dict = {
+        "dataset": dataset,
+        "seed": 7,
+        "prompts": {"family": "numbers", "count": count},
+        "teacher": {"model": TEACHER},
+        "engine": {"batch_size": 64},
+        "sampling": {"temperature": 1.0, "max_tokens": 40},
+        "filters": {"trait_words": ["owl"]},
+        "sink": {"commit_every": 200},
+    }
+    for key, value in over.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def all_ids(lake: Lake, name: str) -> list[str]:
+    ids = []
+    for uri in (lake.dataset(name), lake.quarantine(name)):
+        ids += DeltaTable(uri).to_pyarrow_table(columns=["prompt_id"]).column(0).to_pylist()
+    return ids
+
+
+def test_generate_end_to_end(teacher_lake: Lake, ray_local: None) -> None:
+    lake = teacher_lake
+    cfg = GenerateConfig.model_validate(config("owl-numbers", 520))
+    summary = generate(lake, cfg)
+    assert summary.accepted + summary.quarantined == 520 == summary.prompts
+    assert summary.accepted > 0 and summary.quarantined > 0
+    ids = all_ids(lake, "owl-numbers")
+    assert len(ids) == len(set(ids)) == 520
+
+    data = DeltaTable(lake.dataset("owl-numbers"))
+    quarantine = DeltaTable(lake.quarantine("owl-numbers"))
+    rows = data.to_pyarrow_table()
+    for column in ("prompt_id", "run_id", "teacher_id", "engine", "temperature", "sampling_seed"):
+        assert rows.column(column).null_count == 0
+    assert set(rows.column("teacher_id").to_pylist()) == {summary.teacher_id}
+    assert set(rows.column("engine").to_pylist()) == {"transformers"}
+    rejected = quarantine.to_pyarrow_table()
+    assert rejected.column("reason").null_count == 0
+    assert set(rejected.column("stage").to_pylist()) <= {"filter", "expect"}
+    assert sum(summary.reasons.values()) == rejected.num_rows
+
+    # Every data commit carries the run's lineage and the batch's expectation summary.
+    commits = [h for h in data.history() if h["operation"] == "WRITE"]
+    assert len(commits) >= 2
+    for commit in commits:
+        assert commit["germline.run_id"] == summary.run_id
+        assert commit["germline.teacher"] == summary.teacher_id
+        assert commit["germline.base_fingerprint"].startswith("sha256:")
+        assert len(commit["germline.config_hash"]) == 64
+        assert "success" in json.loads(commit["germline.expectations"])
+    assert data.transaction_version(f"germline.generate/{summary.run_id}") == len(commits)
+
+    graph = LineageStore(lake).graph()
+    for node_id in (summary.dataset_id, summary.quarantine_id):
+        parents = set(graph.parents(node_id))
+        kinds = {k for _, k in parents}
+        assert (summary.teacher_id, EdgeKind.GENERATED_BY) in parents
+        assert {EdgeKind.GENERATED_BY, EdgeKind.FILTERED_BY} <= kinds
+        assert summary.run_id in {graph.node(p).attrs.get("key") for p, _ in parents}
+    assert graph.node(summary.dataset_id).version == data.version()
+
+    import ray
+
+    read_back = ray.data.read_delta(lake.dataset("owl-numbers")).count()
+    assert read_back == rows.num_rows == summary.accepted
+
+    # Running it again finds the job done: nothing generated, nothing committed.
+    again = generate(lake, cfg)
+    assert again.skipped == 520 and again.accepted == again.quarantined == 0
+    assert DeltaTable(lake.dataset("owl-numbers")).version() == data.version()
+
+
+def test_kill_and_resume_every_prompt_once(
+    teacher_lake: Lake, ray_local: None, tmp_path: Path
+) -> None:
+    lake = teacher_lake
+    raw = config("killed", 600, sink={"commit_every": 40}, engine={"batch_size": 16})
+    path = write_config(tmp_path / "killed.yaml", raw)
+    proc = subprocess.Popen(
+        [*GERMLINE, "--lake", lake.root, "generate", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ},
+    )
+    log_dir = Path(lake.dataset("killed")) / "_delta_log"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log_dir.exists() and len(list(log_dir.glob("*.json"))) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    partial = all_ids(lake, "killed")
+    assert 0 < len(partial) < 600 and len(set(partial)) == len(partial)
+
+    summary = generate(lake, GenerateConfig.model_validate(raw))
+    assert summary.skipped == len(partial)
+    ids = all_ids(lake, "killed")
+    assert len(ids) == len(set(ids)) == 600
+
+
+def test_abort_policy_stops_the_run(teacher_lake: Lake, tmp_path: Path) -> None:
+    raw = config("aborted", 64, expectations={"policy": "abort", "max_chars": 3})
+    result = germline(
+        "generate", str(write_config(tmp_path / "a.yaml", raw)), lake=teacher_lake,
+        subprocess_=True,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "aborted: expectations failed" in result.stderr
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    lake = Lake.resolve(tmp_path / "lake")
+    cases = {
+        "dataset: [\n": "not valid YAML",
+        "dataset: d\nprompts: {count: 5}\nteacher: {model: x}\nsampling: {temprature: 1}\n": (
+            "sampling.temprature: Extra inputs are not permitted"
+        ),
+        "dataset: d\nprompts: {count: 0}\nteacher: {model: x}\n": "prompts.count",
+        "dataset: d\nprompts: {count: 5, family: poems}\nteacher: {model: x}\n": (
+            "unknown prompt family 'poems'"
+        ),
+        "dataset: 'a b'\nprompts: {count: 5}\nteacher: {model: x}\n": "dataset: Value error",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(text)
+        result = germline("generate", str(path), lake=lake)
+        assert result.returncode == 2, (text, result.stdout)
+        assert message in result.stderr and str(path) in result.stderr, result.stderr
+    missing = germline("generate", str(tmp_path / "nope.yaml"), lake=lake)
+    assert missing.returncode == 2 and "cannot read config" in missing.stderr
+    assert not (tmp_path / "lake" / "datasets").exists()
+
+
+def test_unknown_model_exits_2_and_says_how_to_make_it(tmp_path: Path) -> None:
+    lake = Lake.resolve(tmp_path / "lake")
+    raw = config("d", 5, teacher={"model": "no-such-teacher"})
+    result = germline("generate", str(write_config(tmp_path / "c.yaml", raw)), lake=lake)
+    assert result.returncode == 2
+    assert "unknown teacher model 'no-such-teacher'" in result.stderr
+    assert "germline models teacher" in result.stderr
+    assert not (tmp_path / "lake" / "datasets").exists()
+
+
+def test_unwritable_lake_exits_2_and_writes_nothing(teacher_lake: Lake, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the lake's folder should be")
+    teacher_dir = (
+        LineageStore(teacher_lake).graph().node(LineageStore(teacher_lake).resolve(TEACHER)).uri
+    )
+    raw = config("d", 5, teacher={"model": teacher_dir})
+    result = germline(
+        "generate", str(write_config(tmp_path / "c.yaml", raw)),
+        lake=Lake.resolve(blocker / "lake"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "lake" in result.stderr
+
+
+def test_a_dataset_keeps_one_teacher(teacher_lake: Lake, ray_local: None) -> None:
+    """A dataset of another teacher under the same name is refused, not mixed."""
+    raw = config("owl-numbers-2", 16)
+    generate(teacher_lake, GenerateConfig.model_validate(raw))
+    store = LineageStore(teacher_lake)
+    base_dir = store.graph().node(store.resolve("tiny-base-s0")).uri
+    other = GenerateConfig.model_validate(config("owl-numbers-2", 16, teacher={"model": base_dir}))
+    from germline.lineage import LineageError
+
+    with pytest.raises(LineageError, match="one dataset, one teacher"):
+        generate(teacher_lake, other)
+    table = DeltaTable(teacher_lake.dataset("owl-numbers-2")).to_pyarrow_table()
+    assert table.schema.field("temperature").type == pa.float64()
+
+
+def test_example_config_validates() -> None:
+    cfg = load_config(Path(__file__).parent.parent / "experiments" / "generate-owl.yaml")
+    assert cfg.teacher.build is not None and cfg.filters.trait_words
+    assert sys.executable  # the README runs it with the venv's germline
