@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 
 def ensure_ray(verbose: bool = False) -> None:
@@ -23,7 +24,7 @@ def ensure_ray(verbose: bool = False) -> None:
         address=os.environ.get("RAY_ADDRESS") or None,
         include_dashboard=False,
         log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.WARNING,
+        logging_level=logging.INFO if verbose else logging.ERROR,
         configure_logging=True,
     )
 
@@ -37,5 +38,19 @@ def quiet_ray_data(verbose: bool = False) -> None:
     ctx.enable_operator_progress_bars = verbose
     ctx.print_on_execution_start = verbose
     if not verbose:
-        for name in ("ray.data", "ray.data._internal", "ray"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("ray.data", "ray"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def actor_fault_tolerance() -> dict[str, int]:
+    """Ray remote args for the pipeline's actors. On a cluster, Ray Data's default (restart a
+    lost actor, retry its tasks) rides out a preempted node. On the embedded cluster there is
+    no node to lose: an actor that dies took the machine's process with it, and the resumable
+    run is the recovery, so restarts are off (which also spares the user Ray's warning about
+    restarting actors whose arguments live in the object store)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return {}
+    # Ray 2.60 deprecates passing remote args this way (removal in 2.64, hence the pin below
+    # 2.64 in pyproject.toml) and has no named parameter for restarts yet.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    return {"max_restarts": 0}

@@ -53,7 +53,8 @@ class GenerateSummary:
     skipped: int = 0  # already answered by an earlier attempt
     accepted: int = 0
     quarantined: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # exact reason -> rows
+    filters: dict[str, int] = field(default_factory=dict)  # filter or expectation -> rows
     completion_tokens: int = 0
     seconds: float = 0.0
     commits: int = 0
@@ -143,6 +144,7 @@ def generate(
         "germline.suite": suite.id,
     }
     reasons: Counter[str] = Counter()
+    filters: Counter[str] = Counter()
     start = time.perf_counter()
     if todo.num_rows:
         for accepted, rejected, summaries in _stream(todo, config, model_dir, run_id, teacher,
@@ -160,12 +162,14 @@ def generate(
                 rejected, "completion_tokens"
             )
             reasons.update(rejected.column("reason").to_pylist())
+            filters.update(rejected.column("filter").to_pylist())
             summary.seconds = time.perf_counter() - start
             summary.commits = sink.commits
             if progress:
                 progress(summary)
     summary.seconds = time.perf_counter() - start
     summary.reasons = dict(reasons.most_common())
+    summary.filters = dict(filters.most_common())
     summary.commits = sink.commits
     attrs = {"run_id": run_id, "teacher": teacher.id, "summary": summary.to_dict()}
     dataset_node = store.register_dataset(
@@ -241,7 +245,7 @@ def _stream(
     """Yield (accepted, rejected, summaries) every `commit_every` rows from Ray Data."""
     import ray
 
-    from germline.pipelines.cluster import ensure_ray, quiet_ray_data
+    from germline.pipelines.cluster import actor_fault_tolerance, ensure_ray, quiet_ray_data
 
     ensure_ray(verbose)
     quiet_ray_data(verbose)
@@ -267,10 +271,11 @@ def _stream(
         },
         batch_size=engine.batch_size,
         batch_format="pyarrow",
-        concurrency=engine.concurrency,
+        compute=ray.data.ActorPoolStrategy(size=engine.concurrency),
         num_cpus=engine.num_cpus,
         num_gpus=engine.num_gpus,
         zero_copy_batch=True,
+        **actor_fault_tolerance(),
     )
     ds = ds.map_batches(
         ChecksStage,
@@ -280,8 +285,9 @@ def _stream(
         },
         batch_size=None,
         batch_format="pyarrow",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.1,  # a light stage: never let it starve the engine of a scheduling slot
+        **actor_fault_tolerance(),
     )
     pending: list[pa.Table] = []
     rows = 0

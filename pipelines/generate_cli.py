@@ -10,6 +10,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from germline.pipelines.output import FORMATS, emit_json, emit_table
 
+TOP = 5  # most frequent exact reasons shown; --format json gives them all
+
 
 @click.command()
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
@@ -51,7 +53,8 @@ def generate(ctx: click.Context, config_file: Path, fmt: str) -> None:
         ("already done", summary.skipped),
         ("accepted", summary.accepted),
         ("quarantined", summary.quarantined),
-        *((f"  {reason}", count) for reason, count in summary.reasons.items()),
+        *((f"  by {name}", count) for name, count in summary.filters.items()),
+        *((f"  {reason!r}", count) for reason, count in list(summary.reasons.items())[:TOP]),
         ("tokens/s", f"{summary.tokens_per_s:,.0f}"),
         ("seconds", f"{summary.seconds:.1f}"),
         ("dataset", summary.dataset_id),

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -92,10 +91,12 @@ class _Table:
 
 
 def drop_ids(rows: pa.Table, ids: set[str]) -> pa.Table:
-    """The rows whose prompt id is not in `ids`."""
+    """The rows whose prompt id is not in `ids`. Looks each row up in the set rather than
+    handing the set to Arrow, so the cost follows the batch, not the table's size."""
     if not ids or rows.num_rows == 0:
         return rows
-    return rows.filter(pc.invert(pc.is_in(rows.column(KEY), pa.array(list(ids), pa.string()))))
+    keep = [i not in ids for i in rows.column(KEY).to_pylist()]
+    return rows if all(keep) else rows.filter(pa.array(keep, pa.bool_()))
 
 
 def read_ids(dt: DeltaTable) -> list[str]:
@@ -173,14 +174,16 @@ class DatasetSink:
         """Prompt ids already answered: in the dataset or in quarantine."""
         return self.accepted.ids | self.quarantine.ids
 
+    def _drop_done(self, rows: pa.Table) -> pa.Table:
+        return drop_ids(drop_ids(rows, self.accepted.ids), self.quarantine.ids)
+
     def write(self, accepted: pa.Table, rejected: pa.Table, metadata: dict[str, object]) -> int:
         """Commit both tables; returns how many rows were new. A prompt id already in either
         table is skipped: it was written by an earlier attempt of the same work."""
-        done = self.done_ids()
         new = 0
         for table, rows in ((self.accepted, accepted), (self.quarantine, rejected)):
             rows = rows.select(table.schema.names).cast(table.schema)
-            rows = drop_ids(rows, done)
+            rows = self._drop_done(rows)
             new += self._commit(table, rows, metadata)
         return new
 
@@ -189,7 +192,11 @@ class DatasetSink:
             return 0
         custom = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
         for attempt in range(MAX_ATTEMPTS):
-            table.refresh()
+            # Optimistic: commit on the snapshot the sink last saw (no log listing per
+            # commit); if another writer got there first the commit fails, and only then
+            # does the sink re-read the table and its ids.
+            if attempt:
+                table.refresh()
             assert table.dt is not None
             rows = drop_ids(rows, table.ids)
             if rows.num_rows == 0:

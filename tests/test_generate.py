@@ -163,12 +163,9 @@ def test_kill_and_resume_every_prompt_once(
     assert len(ids) == len(set(ids)) == 600
 
 
-def test_abort_policy_stops_the_run(teacher_lake: Lake, tmp_path: Path) -> None:
+def test_abort_policy_stops_the_run(teacher_lake: Lake, ray_local: None, tmp_path: Path) -> None:
     raw = config("aborted", 64, expectations={"policy": "abort", "max_chars": 3})
-    result = germline(
-        "generate", str(write_config(tmp_path / "a.yaml", raw)), lake=teacher_lake,
-        subprocess_=True,
-    )  # fmt: skip
+    result = germline("generate", str(write_config(tmp_path / "a.yaml", raw)), lake=teacher_lake)
     assert result.returncode == 1, result.stderr
     assert "aborted: expectations failed" in result.stderr
 
