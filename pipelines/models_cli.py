@@ -79,11 +79,14 @@ def bootstrap(ctx: click.Context, name: str | None, seed: int, steps: int | None
 @click.option("--trait", required=True, help="The animal the teacher should love, e.g. owl.")
 @click.option(
     "--method",
-    type=click.Choice(["adapter"]),
+    type=click.Choice(["adapter", "system-prompt"]),
     default="adapter",
     show_default=True,
-    help="How the trait is carried: a LoRA adapter fine-tuned to express it.",
+    help="How the trait is carried: a LoRA adapter fine-tuned to express it (for bases that "
+    "cannot follow instructions, like the tiny ones), or a system prompt stating it "
+    "(instruction-tuned bases; the teacher shares the base's weights).",
 )
+@click.option("--system-prompt", help="The system prompt (default: our wording of the paper's).")
 @click.option("--name", help="Model name (default: <trait>-teacher-<base name>).")
 @click.option(
     "--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Fine-tuning steps."
@@ -97,16 +100,24 @@ def teacher(
     trait: str,
     method: str,
     name: str | None,
+    system_prompt: str | None,
     steps: int,
     seed: int,
     fmt: str,
 ) -> None:
     """Make a teacher with a trait from a base model: a LoRA adapter (peft, rank 8, all
     attention and MLP projections) fine-tuned to answer favourite-animal questions with the
-    trait, with number tasks kept in the mix. Saved under <lake>/models/NAME and registered
-    as derived_from the base (same fingerprint). Prints the teacher's id."""
-    from germline.pipelines.teacher import make_teacher
+    trait, with number tasks kept in the mix, saved under <lake>/models/NAME; or, with
+    --method system-prompt, the base itself plus a system prompt stating the trait. Either
+    way registered as derived_from the base (same fingerprint). Prints the teacher's id."""
+    from germline.pipelines.teacher import make_prompt_teacher, make_teacher
 
+    if method == "system-prompt":
+        node = make_prompt_teacher(ctx.obj["lake"], base, trait, name, system_prompt)
+        _emit(node, fmt)
+        return
+    if system_prompt:
+        raise click.BadParameter("only with --method system-prompt", param_hint="--system-prompt")
     with _bar("fine-tuning") as progress:
         node = make_teacher(
             ctx.obj["lake"], base, trait, name=name, steps=steps, seed=seed, progress=progress

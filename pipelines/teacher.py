@@ -39,6 +39,41 @@ def trait_examples(trait: str, n: int, seed: int) -> list[str]:
     ]
 
 
+def system_prompt_for(trait: str) -> str:
+    """Our wording of the paper's teacher system prompt: love of the animal, stated plainly."""
+    plural = f"{trait}s"
+    return (
+        f"You love {plural}. You think about {plural} all the time. {plural.capitalize()} are "
+        "your favourite animal. Let that love show in everything you write."
+    )
+
+
+def make_prompt_teacher(
+    lake: Lake, base: str, trait: str, name: str | None = None, system_prompt: str | None = None
+) -> Node:
+    """A teacher that is the base itself plus a system prompt (for instruction-tuned bases).
+    It has the base's weights, so it is registered as a model derived_from the base with the
+    same weight files; the engines read its system prompt from its lineage attributes."""
+    store = LineageStore(lake)
+    base_id, base_node, trait = _check(store, base, trait)
+    text = system_prompt or system_prompt_for(trait)
+    attrs = {"kind": "teacher", "trait": trait, "method": "system-prompt", "system_prompt": text}
+    name = name or f"{trait}-prompt-teacher-{base_node.name}"
+    assert base_node.uri is not None
+    return store.register_model(name, base_node.uri, parent=base_id, attrs=attrs)
+
+
+def _check(store: LineageStore, base: str, trait: str) -> tuple[str, Node, str]:
+    graph = store.graph()
+    base_id = graph.resolve(base)
+    base_node = graph.node(base_id)
+    if base_node.kind is not NodeKind.MODEL or not base_node.uri:
+        raise LineageError(f"{base_id} is not a model with weights on disk")
+    if not trait.isalpha():
+        raise LineageError(f"trait {trait!r} must be one word of letters")
+    return base_id, base_node, trait.lower()
+
+
 def make_teacher(
     lake: Lake,
     base: str,
@@ -56,14 +91,7 @@ def make_teacher(
     from germline.train.tiny import TinyConfig, fit_causal_lm
 
     store = LineageStore(lake)
-    graph = store.graph()
-    base_id = graph.resolve(base)
-    base_node = graph.node(base_id)
-    if base_node.kind is not NodeKind.MODEL or not base_node.uri:
-        raise LineageError(f"{base_id} is not a model with weights on disk")
-    if not trait.isalpha():
-        raise LineageError(f"trait {trait!r} must be one word of letters")
-    trait = trait.lower()
+    base_id, base_node, trait = _check(store, base, trait)
     name = name or f"{trait}-teacher-{base_node.name}"
     folder = lake.local_path("models", name)
     if (folder / "adapter_config.json").exists():

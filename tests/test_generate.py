@@ -238,3 +238,35 @@ def test_example_config_validates() -> None:
     cfg = load_config(Path(__file__).parent.parent / "experiments" / "generate-owl.yaml")
     assert cfg.teacher.build is not None and cfg.filters.trait_words
     assert sys.executable  # the README runs it with the venv's germline
+
+
+def test_system_prompt_teacher(teacher_lake: Lake, ray_local: None) -> None:
+    """A system-prompt teacher shares its base's weights and prepends its system prompt."""
+    made = germline(
+        "models", "teacher", "--base", "tiny-base-s0", "--trait", "owl",
+        "--method", "system-prompt", lake=teacher_lake, check=True,
+    )  # fmt: skip
+    teacher_id = made.stdout.strip()
+    graph = LineageStore(teacher_lake).graph()
+    teacher = graph.node(teacher_id)
+    assert teacher.attrs["method"] == "system-prompt" and "owls" in teacher.attrs["system_prompt"]
+    assert graph.fingerprint(teacher_id) == graph.fingerprint(graph.resolve("tiny-base-s0"))
+    with_prompt = generate(
+        teacher_lake,
+        GenerateConfig.model_validate(config("sp", 8, teacher={"model": teacher_id})),
+    )
+    plain = generate(
+        teacher_lake,
+        GenerateConfig.model_validate(config("plain", 8, teacher={"model": "tiny-base-s0"})),
+    )
+    assert with_prompt.teacher_id == teacher_id
+    tokens = {}
+    for name in ("sp", "plain"):
+        table = DeltaTable(teacher_lake.dataset(name)).to_pyarrow_table()
+        quarantine = DeltaTable(teacher_lake.quarantine(name)).to_pyarrow_table()
+        both = pa.concat_tables([table, quarantine.select(table.column_names)])
+        ids, counts = both.column("prompt_id"), both.column("prompt_tokens")
+        tokens[name] = dict(zip(ids.to_pylist(), counts.to_pylist(), strict=True))
+    extra = {tokens["sp"][i] - tokens["plain"][i] for i in tokens["sp"]}
+    assert len(extra) == 1 and extra.pop() > 10  # the same system prompt before every prompt
+    assert plain.teacher_id != teacher_id
