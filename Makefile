@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The whole suite, then the vLLM engine's tests in their own environment (vllm.mk).
 test: lint
 	$(BIN)/pytest
+	$(MAKE) test-vllm
 
 # Re-resolve the pins from pyproject.toml (torch, when it comes, is pinned to the CPU build
 # that lies on the machine, so no CUDA build is ever pulled).
@@ -38,3 +40,6 @@ lock:
 
 clean:
 	rm -rf $(VENV)
+
+# The vLLM engine's environment and tests (after the targets above: `make` alone still sets up).
+include vllm.mk
