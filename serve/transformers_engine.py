@@ -4,6 +4,8 @@ An adapter is merged into its base once at load time (peft's merge_and_unload), 
 generation step costs what the plain model costs. Batches are left-padded, which is what
 decoder-only generation needs. Sampling is seeded per batch from the requests' seeds: exact
 per-request seeding would mean one generate call per prompt, several times slower on a CPU.
+Call `generate` from the thread that built the engine: on CPU, torch generated a third slower
+from another thread (the pipeline's stage keeps both on one thread).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.threads = threads
-        self._use_threads()
+        if threads:
+            torch.set_num_threads(threads)
         self.device = torch.device(device)
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
@@ -54,15 +56,6 @@ class TransformersEngine:
         if self.tokenizer.chat_template is None:
             raise EngineError(f"the tokenizer at {model_dir} has no chat template")
 
-    def _use_threads(self) -> None:
-        """torch's intra-op thread count is per calling thread (OpenMP), and Ray Data calls a
-        stage from a thread other than the one that built it, where OMP_NUM_THREADS (1 in a
-        Ray worker) rules: without setting it again, generation ran a third slower."""
-        import torch
-
-        if self.threads and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-
     def render(self, chat: list[dict[str, str]]) -> str:
         """The prompt text the model sees for one chat."""
         return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
@@ -77,7 +70,6 @@ class TransformersEngine:
 
         if not prompts:
             return []
-        self._use_threads()
         texts = [self.render(chat) for chat in prompts]
         batch = self.tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=False
