@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +39,21 @@ _NUMBER_LIST = re.compile(
 _BRACKETS = {"[": "]", "(": ")"}
 _CLOSERS = frozenset(_BRACKETS.values())
 _SHOWN = 20  # characters of a bad token quoted in a reason: reasons are grouped and counted
+# The vectorised fast path of `FilterChain.apply` (`_Shortcut`): the same grammar as one anchored
+# pattern for pyarrow's RE2, with ASCII whitespace only, so that what it matches is a subset of
+# what `_read_numbers` accepts. Unicode whitespace is rare and goes the slow way. (In RE2, `$`
+# is the end of the text; the pattern is never given to Python's `re`.)
+_FAST_SPACE = r"[\t\n\x0b\x0c\r ]"
+_FAST_LIST = "(?:" + _NUMBER_LIST.pattern.replace(r"\s", _FAST_SPACE) + ")"
+_FAST_TEXT = (
+    rf"^{_FAST_SPACE}*(?:{_FAST_LIST}|\[{_FAST_SPACE}*{_FAST_LIST}{_FAST_SPACE}*\]"
+    rf"|\({_FAST_SPACE}*{_FAST_LIST}{_FAST_SPACE}*\))(?:{_FAST_SPACE}*\.)?{_FAST_SPACE}*$"
+)
+# Every character a text matching _FAST_TEXT can hold: no letter, so no trait word made of
+# letters can be in it.
+_FAST_CHARS = frozenset("0123456789-,;.[]()\t\n\x0b\x0c\r ")
+_FAST_DIGITS = 18  # characters, sign included: such a number fits an int64, |n| < 10**18
+_FAST_BOUND = 10**18
 
 
 class NumberFormatError(ValueError):
@@ -263,9 +279,19 @@ MISSING = "missing"  # the filter name for rows whose completion is null
 class FilterChain:
     """Filters applied in order to a table's completion column; the first failure decides.
 
-    The loop is plain Python over the column, cheap enough not to need more: about 7 µs a row
-    (10,000 rows in 70 ms on a busy 2-core machine), far below what generating them costs.
-    Row order is kept in both outputs.
+    `check` is the rule for one row, plain Python. `apply` first lets a vectorised pass
+    (`_Shortcut`: one RE2 match over the column, then the numbers read with pyarrow and numpy)
+    mark the rows that certainly pass every filter, and runs `check` on the rest only: the few
+    percent of a teacher's rows that fail, or that look unusual (Unicode whitespace, numbers of
+    more than 18 digits), which is also where the reasons come from. The outcome is the loop's,
+    row for row: the pass is a sound subset of it, and gives way to the loop for any filter it
+    does not know. Row order is kept in both outputs.
+
+    Cost, measured on a shared 2-core machine (load about 2.5), medians of interleaved runs
+    on teacher-like rows (94% valid number lists): 10,000 rows in about 8 ms with the default
+    chain and 10 ms with trait words and banned numbers (the loop alone: 32-36 and 46-48 ms);
+    100,000 rows in 65-75 and 85-95 ms (the loop alone: 305-355 and 440-490 ms). A chain the
+    pass cannot speak for costs the loop's 3-5 µs a row.
     """
 
     def __init__(self, filters: Sequence[RowFilter], column: str = "completion") -> None:
@@ -302,13 +328,23 @@ class FilterChain:
         taken = {"reason", "filter"} & set(table.column_names)
         if taken:
             raise ValueError(f"the table already has column(s) {sorted(taken)}; rename them")
-        keep: list[bool] = []
+        column = table.column(self.column)
+        shortcut = _Shortcut.of(self.filters)
+        if shortcut is None:
+            keep = np.zeros(len(column), dtype=bool)
+            slow = range(len(column))
+            texts = column.to_pylist()
+        else:
+            keep = shortcut.accepts(column)
+            slow = np.flatnonzero(~keep)
+            texts = column.take(pa.array(slow, pa.int64())).to_pylist()
         names: list[str] = []
         reasons: list[str] = []
-        for text in table.column(self.column).to_pylist():
+        for position, text in zip(slow, texts, strict=True):  # the rows left to the loop
             failure = self.check(text)
-            keep.append(failure is None)
-            if failure is not None:
+            if failure is None:
+                keep[position] = True
+            else:
                 names.append(failure[0])
                 reasons.append(failure[1])
         mask = pa.array(keep, pa.bool_())
@@ -316,6 +352,108 @@ class FilterChain:
         rejected = rejected.append_column("reason", pa.array(reasons, pa.string()))
         rejected = rejected.append_column("filter", pa.array(names, pa.string()))
         return FilterResult(table.filter(mask), rejected)
+
+
+class _Shortcut(NamedTuple):
+    """The vectorised fast path of `FilterChain.apply`: marks, with pyarrow and numpy, rows
+    that certainly pass every filter of the chain, so that only the others (a few percent of
+    teacher output) go through the Python loop, which also says why a row fails.
+
+    It must never mark a row the loop would reject, so it only marks plain number lists in
+    ASCII (`_FAST_TEXT`) whose numbers have at most 18 characters, and it only runs for chains
+    made of the filters it knows (exact classes, with int settings): an unknown filter, a
+    subclass, or a trait word that could occur in a number list sends the whole batch through
+    the loop. Such a list holds no letter, so TraitWords keeps it; its numbers are checked here
+    against MaxCount, ValueRange and BannedNumbers. The property test in
+    tests/test_filters.py holds it to this.
+    """
+
+    max_count: int | None
+    low: int | None
+    high: int | None
+    banned: np.ndarray | None
+
+    @classmethod
+    def of(cls, filters: Sequence[RowFilter]) -> _Shortcut | None:
+        """What the fast path checks for `filters`, or None if it cannot speak for them."""
+        max_count = low = high = None
+        banned: list[int] = []
+        for rule in filters:
+            kind = type(rule)
+            if kind is NumberFormat:
+                continue
+            if kind is TraitWords:
+                if rule._pattern is not None and any(
+                    set(word) <= _FAST_CHARS for word in rule.words
+                ):
+                    return None
+            elif kind is MaxCount and type(rule.limit) is int:
+                max_count = rule.limit
+            elif kind is ValueRange and type(rule.low) is int and type(rule.high) is int:
+                # Clamped to int64: every number read here is within (-10**18, 10**18).
+                low = max(rule.low, -_FAST_BOUND)
+                high = min(rule.high, _FAST_BOUND)
+            elif kind is BannedNumbers and all(type(n) is int for n in rule.banned):
+                banned = [n for n in rule.banned if -_FAST_BOUND < n < _FAST_BOUND]
+            else:
+                return None
+        return cls(
+            max_count,
+            low,
+            high,
+            np.array(sorted(banned), dtype=np.int64) if banned else None,
+        )
+
+    def accepts(self, column: pa.ChunkedArray) -> np.ndarray:
+        """One bool per row: True where every filter certainly keeps the row."""
+        parts = [self._accepts(chunk) for chunk in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def _accepts(self, texts: pa.Array) -> np.ndarray:
+        marked = pc.match_substring_regex(texts, _FAST_TEXT).fill_null(False)
+        if not pc.any(marked).as_py():
+            return marked.to_numpy(zero_copy_only=False)
+        # Read the numbers even for a chain with no number rule: NumberFormat itself rejects a
+        # number too long for Python's int(), so a long one is always left to the loop.
+        lists = _split_numbers(texts.filter(marked))
+        marked = marked.to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(marked)
+        tokens = pc.list_flatten(lists)
+        owner = np.repeat(rows, pc.list_value_length(lists).to_numpy(zero_copy_only=False))
+        size = pc.binary_length(tokens).to_numpy(zero_copy_only=False)
+        real = size > 0
+        if self.max_count is not None:
+            marked &= np.bincount(owner[real], minlength=len(texts)) <= self.max_count
+        readable = real & (size <= _FAST_DIGITS)
+        marked[owner[real & ~readable]] = False  # too long to read here: the loop decides
+        numbers = pc.cast(tokens.filter(pa.array(readable)), pa.int64()).to_numpy()
+        failed = np.zeros(numbers.size, dtype=bool)
+        if self.low is not None:
+            failed |= numbers < self.low
+        if self.high is not None:
+            failed |= numbers > self.high
+        if self.banned is not None:
+            failed |= np.isin(numbers, self.banned)
+        marked[owner[readable][failed]] = False
+        return marked
+
+
+# Byte by byte: every character of a number list but digits and "-" becomes a space.
+_SEPARATOR_TO_SPACE = np.arange(256, dtype=np.uint8)
+_SEPARATOR_TO_SPACE[list(b",;.[]()\t\n\x0b\x0c\r")] = ord(" ")
+
+
+def _split_numbers(texts: pa.Array) -> pa.Array:
+    """The numbers of texts that match _FAST_TEXT, as strings: each text with its separators,
+    brackets and period turned into spaces (one table lookup over the data buffer), split at
+    runs of spaces. The lists also hold "" where a text starts or ends with a space."""
+    validity, offsets, data = texts.buffers()
+    if data is not None:
+        spaced = pa.py_buffer(_SEPARATOR_TO_SPACE[np.frombuffer(data, dtype=np.uint8)])
+        texts = pa.Array.from_buffers(
+            texts.type, len(texts), [validity, offsets, spaced], offset=texts.offset
+        )
+    return pc.ascii_split_whitespace(texts)
 
 
 class FilterConfig(BaseModel):

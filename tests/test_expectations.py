@@ -7,9 +7,12 @@ import json
 import pickle
 import random
 import re
+import sys
 from typing import Any, get_args
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
@@ -21,7 +24,7 @@ from germline.checks import (
     NumberFormatError,
     parse_numbers,
 )
-from germline.checks.expectations import _KINDS, NUMBER_LIST_REGEX
+from germline.checks.expectations import _KINDS, _SPACE, NUMBER_LIST_REGEX
 
 MAX_TOKENS = 64
 CLEAN = ["[1, 2, 3]", "4;5;6.", "7 8 9", "(10, 11)", "12", "  482, 17, 999 . \n"]
@@ -326,3 +329,66 @@ def test_config_and_suite_dict() -> None:
     ]
     kinds = get_args(ExpectationConfig.model_fields["kind"].annotation)
     assert set(kinds) == set(_KINDS)
+
+
+def test_whitespace_class_is_pythons_whitespace() -> None:
+    # Every code point but the surrogates, which a str from Arrow never holds.
+    text = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    spelled = set(re.findall(_SPACE, text))
+    assert spelled == set(re.findall(r"\s", text)) == {c for c in text if c.isspace()}
+    assert len(spelled) == 29
+
+
+def test_regex_runs_on_pyarrow_and_means_what_the_row_filter_means() -> None:
+    # What GX runs: pandas `str.contains` on a pandas 3 "str" column. Without a `\s` in the
+    # pattern pandas hands it to pyarrow's RE2 rather than to Python's `re` row by row.
+    assert r"\s" not in NUMBER_LIST_REGEX
+    column = pd.Series(["1, 2"], dtype="str")
+    needs_python = getattr(column.array, "_needs_python_regex", None)
+    if needs_python is not None:  # a pandas internal: checked while it exists
+        assert not needs_python(NUMBER_LIST_REGEX)
+    rng = random.Random(13)
+    alphabet = "0123456789,;. []()-\n\t\x0b\x0c\r\x1c\x1f\x85\xa0\u2028\u3000\u200b\ufeffa"
+    samples = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(20000)
+    ]
+    samples += ["\u00a01 2", "1\u20282", "[1;\u30002]\u3000.", "1\u200b2", "1 2\n", "1\n"]
+    matched = pd.Series(samples, dtype="str").str.contains(NUMBER_LIST_REGEX).tolist()
+    assert matched == [parses(text) for text in samples]
+    # pyarrow's own kernel, which pandas calls with Python's \Z spelled \z.
+    kernel = pc.match_substring_regex(pa.array(samples), NUMBER_LIST_REGEX.replace(r"\Z", r"\z"))
+    assert kernel.to_pylist() == matched
+
+
+def test_batches_are_not_fingerprinted(
+    runner: ExpectationRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GX hashes every row of a batch into a marker nobody reads; the runner skips it.
+    import great_expectations.execution_engine.pandas_execution_engine as engine
+
+    def refuse(frame: pd.DataFrame) -> str:
+        raise AssertionError("the batch was fingerprinted")
+
+    monkeypatch.setattr(engine, "hash_pandas_dataframe", refuse)
+    result = runner.validate(batch([{"completion": "x"}]))
+    assert result.rejected.column("filter").to_pylist() == ["expect:match_regex"]
+
+
+@pytest.mark.parametrize(
+    "kind", [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()]
+)
+def test_token_counts_of_any_integer_type(runner: ExpectationRunner, kind: pa.DataType) -> None:
+    # Narrow integers are widened to int64 for GX's vectorised comparison; the verdicts are the
+    # same as for any other integer type, with or without nulls.
+    tokens = [12, 0, MAX_TOKENS, MAX_TOKENS + 1, None, 1]
+    table = batch()
+    table = table.set_column(3, pa.field("completion_tokens", kind), pa.array(tokens, kind))
+    result = runner.validate(table)
+    assert result.rejected.column("reason").to_pylist() == [
+        "expectation: expect_column_values_to_be_between(completion_tokens)",
+        "expectation: expect_column_values_to_be_between(completion_tokens)",
+        "expectation: expect_column_values_to_not_be_null(completion_tokens)",
+    ]
+    assert ids(result.accepted) == ["p0", "p2", "p5"]
+    without_nulls = table.set_column(3, "completion_tokens", pa.array([1, 2, 3, 4, 5, 6], kind))
+    assert runner.validate(without_nulls).rejected.num_rows == 0

@@ -1,11 +1,13 @@
 import random
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
 from germline.checks import (
     BannedNumbers,
+    Completion,
     FilterChain,
     FilterConfig,
     MaxCount,
@@ -16,7 +18,7 @@ from germline.checks import (
     ValueRange,
     parse_numbers,
 )
-from germline.checks.filters import _diagnose
+from germline.checks.filters import _diagnose, _Shortcut
 
 PARSES = [
     ("1, 2, 3", [1, 2, 3]),
@@ -329,3 +331,160 @@ def test_config_defaults_and_validation() -> None:
         FilterConfig(max_count=0)
     with pytest.raises(ValueError, match="empty value range"):
         ValueRange(5, 1)
+
+
+# The vectorised pass of FilterChain.apply (_Shortcut) may only mark rows that the loop keeps:
+# these build texts from what trips parsers up, and hold apply() to the loop, row for row.
+NUMBERS = ["0", "7", "42", "999", "1000", "666", "-5", "-0", "007", "-007", "9" * 17, "9" * 18]
+NUMBERS += ["9" * 19, "1" + "0" * 18, "-" + "9" * 17, "-" + "9" * 18, "1" * 5000]
+ODD_ITEMS = ["owl", "Owls", "x", "²", "٣", "", "1.5", "-", "1-2", "+3", "0x1f", "1e3"]
+SEPARATORS = [", ", ",", " , ", "; ", ";", " ", "  ", "\n", "\t", ",\n", "\r\n", "\x0b", "\x0c"]
+ODD_SEPARATORS = ["\x1c", "\x85", "\xa0", "\u2028", "\u3000", "\u200b", ",,", ", ;", ". ", ""]
+WRAPPERS = ["{}", " {}", "[{}]", "({})", "[ {} ]", "({}).", "{}.", "{} .", " {} \n", "\t{}\x0b"]
+ODD_WRAPPERS = ["[{})", "{}]", "[{}", "[[{}]]", "\xa0{}", "{}\u3000", "{}..", "Sure: {}", "{}!"]
+ODD_WRAPPERS += ["(({}))", "{}.\xa0", "\u2028[{}]", "{}\x1c"]
+
+
+def tricky_text(rng: random.Random) -> str | None:
+    roll = rng.random()
+    if roll < 0.03:
+        return None
+    if roll < 0.15:
+        alphabet = "0123456789-,; .[]()\t\n\x0b\x0c\r\x85\xa0\u3000owlOWS²"
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+    style = rng.choice(SEPARATORS)
+    parts = []
+    for i in range(rng.randint(1, 13)):
+        if i:
+            odd = rng.random() < 0.03
+            parts.append(rng.choice(ODD_SEPARATORS + SEPARATORS) if odd else style)
+        roll = rng.random()
+        if roll < 0.03:
+            parts.append(rng.choice(ODD_ITEMS))
+        elif roll < 0.15:
+            parts.append(rng.choice(NUMBERS))
+        else:
+            parts.append(str(rng.randint(0, 999)))
+    wrapper = rng.choice(ODD_WRAPPERS) if rng.random() < 0.1 else rng.choice(WRAPPERS)
+    return wrapper.format("".join(parts))
+
+
+def loop_result(chain: FilterChain, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """What apply() must return: `chain.check` on every row, in plain Python."""
+    failures = [chain.check(text) for text in table.column(chain.column).to_pylist()]
+    keep = pa.array([failure is None for failure in failures])
+    rejected = table.filter(pc.invert(keep))
+    reasons = [failure for failure in failures if failure is not None]
+    rejected = rejected.append_column("reason", pa.array([r for _, r in reasons], pa.string()))
+    rejected = rejected.append_column("filter", pa.array([n for n, _ in reasons], pa.string()))
+    return table.filter(keep), rejected
+
+
+class Odd(MaxCount):
+    """A subclass the shortcut does not know: it must leave such a chain to the loop."""
+
+    name = "odd_sum"
+
+    def check_numbers(self, numbers: list[int]) -> str | None:
+        return "odd sum" if sum(numbers) % 2 else None
+
+
+class ShortText(RowFilter):
+    name = "short"
+
+    def check(self, row: Completion) -> str | None:
+        return "long" if len(row.text) > 20 else None
+
+
+SHORTCUT_CHAINS = {
+    "default": FilterConfig().chain(),
+    "trait and banned": FilterConfig(trait_words=["owl", "snowy owl"], banned=[666, 911]).chain(),
+    "narrow": FilterConfig(max_count=3, min_value=-5, max_value=5, banned=[0]).chain(),
+    "format only": FilterChain([NumberFormat()]),
+    "empty": FilterChain([]),
+    "trait only": FilterChain([TraitWords(["owl"])]),
+    "huge range": FilterChain([ValueRange(-(10**20), 10**20)]),
+    "17-digit range": FilterChain([ValueRange(-(10**17), 10**17 - 1)]),
+    "banned extremes": FilterChain([BannedNumbers([10**19, -3, 7, 999_999_999_999_999_999])]),
+    "count before format": FilterChain([MaxCount(2), NumberFormat(), ValueRange(1, 998)]),
+}
+LOOP_CHAINS = {
+    "trait word of digits": FilterChain([TraitWords(["owl", "7"]), NumberFormat()]),
+    "trait word of separators": FilterChain([TraitWords([", ;"]), NumberFormat()]),
+    "unknown subclass": FilterChain([NumberFormat(), Odd()]),
+    "unknown filter": FilterChain([ShortText(), NumberFormat()]),
+    "float range": FilterChain([ValueRange(0, 999.5)]),  # type: ignore[arg-type]
+    "bool banned": FilterChain([BannedNumbers([True])]),
+}
+
+
+@pytest.mark.parametrize("name", [*SHORTCUT_CHAINS, *LOOP_CHAINS])
+def test_apply_equals_the_plain_loop_on_tricky_text(name: str) -> None:
+    chain = {**SHORTCUT_CHAINS, **LOOP_CHAINS}[name]
+    assert (_Shortcut.of(chain.filters) is None) == (name in LOOP_CHAINS)
+    rng = random.Random(sum(map(ord, name)))
+    texts = [tricky_text(rng) for _ in range(3000)]
+    for kind in (pa.string(), pa.large_string()):
+        table = pa.table({"row": range(len(texts)), "completion": pa.array(texts, kind)})
+        # Chunks that start mid-buffer, as a sliced or concatenated table has them.
+        chunked = pa.Table.from_batches(table.slice(3).to_batches(max_chunksize=977))
+        for case in (table, chunked):
+            accepted, rejected = chain.apply(case)
+            expected_accepted, expected_rejected = loop_result(chain, case)
+            assert accepted.equals(expected_accepted), name
+            assert rejected.equals(expected_rejected), name
+
+
+@pytest.mark.parametrize("name", list(SHORTCUT_CHAINS))
+def test_shortcut_marks_only_rows_the_loop_keeps(name: str) -> None:
+    chain = SHORTCUT_CHAINS[name]
+    shortcut = _Shortcut.of(chain.filters)
+    assert shortcut is not None
+    rng = random.Random(100 + sum(map(ord, name)))
+    texts = [tricky_text(rng) for _ in range(8000)]
+    marked = shortcut.accepts(pa.chunked_array([pa.array(texts, pa.string())]))
+    kept = [chain.check(text) is None for text in texts]
+    wrong = [text for text, m, k in zip(texts, marked, kept, strict=True) if m and not k]
+    assert not wrong, wrong[:5]
+    # And it does its job: most number lists the loop keeps are marked, so few go the slow way.
+    lists = sum(
+        k and text is not None and parses(text) for text, k in zip(texts, kept, strict=True)
+    )
+    if lists > 500:
+        assert marked.sum() > 0.75 * lists, name
+
+
+def test_shortcut_reads_numbers_like_the_parser() -> None:
+    chain = FilterChain([NumberFormat(), ValueRange(-(10**17), 10**18)])
+    texts = ["-0, 007", "[-007; 12]", "(999999999999999999).", " 1\x0b2\x0c3 "]
+    texts += ["-99999999999999999", "9999999999999999999", "1, -100000000000000000", "1" * 5000]
+    table = pa.table({"completion": texts})
+    shortcut = _Shortcut.of(chain.filters)
+    assert shortcut is not None
+    # Numbers of more than 18 characters are left to the loop, which decides and says why.
+    marked = shortcut.accepts(table.column("completion")).tolist()
+    assert marked == [True] * 5 + [False] * 3
+    assert chain.apply(table).rejected.column("reason").to_pylist() == [
+        "value: 9999999999999999999 > 1000000000000000000",
+        "format: number too long",
+    ]
+
+
+def parses(text: str) -> bool:
+    try:
+        parse_numbers(text)
+    except NumberFormatError:
+        return False
+    return True
+
+
+def test_shortcut_on_columns_without_lists() -> None:
+    shortcut = _Shortcut.of(FilterConfig().chain().filters)
+    assert shortcut is not None
+    for column in [
+        pa.chunked_array([], pa.string()),
+        pa.chunked_array([pa.array([], pa.string())]),
+        pa.chunked_array([pa.nulls(3, pa.string())]),
+        pa.chunked_array([pa.array(["", "", None], pa.large_string())]),
+    ]:
+        assert shortcut.accepts(column).tolist() == [False] * len(column)
