@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The whole suite, then the vLLM engine's tests in their own environment (vllm.mk).
+# The whole suite, then the vLLM engine and `generate` on it, in their own environment (vllm.mk).
 test: lint
 	$(BIN)/pytest
 	$(MAKE) test-vllm

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from germline.lineage import Lake, LineageStore
 
@@ -85,3 +86,17 @@ def germline(
     if check and result.returncode != 0:
         raise AssertionError(f"germline {argv} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def assert_generate_commits(table: DeltaTable, run_id: str, teacher_id: str) -> int:
+    """Every WRITE commit of a generated table carries the run's lineage and the batch's
+    expectation summary, and the run's app transaction counts them. Returns their number."""
+    commits = [h for h in table.history() if h["operation"] == "WRITE"]
+    for commit in commits:
+        assert commit["germline.run_id"] == run_id
+        assert commit["germline.teacher"] == teacher_id
+        assert commit["germline.base_fingerprint"].startswith("sha256:")
+        assert len(commit["germline.config_hash"]) == 64
+        assert "success" in json.loads(commit["germline.expectations"])
+    assert table.transaction_version(f"germline.generate/{run_id}") == len(commits)
+    return len(commits)

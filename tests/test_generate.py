@@ -3,7 +3,6 @@ with a tiny teacher built by the project itself."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import GERMLINE, germline
+from conftest import GERMLINE, assert_generate_commits, germline
 from deltalake import DeltaTable
 
 from germline.lineage import EdgeKind, Lake, LineageStore
@@ -100,15 +99,8 @@ def test_generate_end_to_end(teacher_lake: Lake, ray_local: None) -> None:
     assert sum(summary.reasons.values()) == rejected.num_rows
 
     # Every data commit carries the run's lineage and the batch's expectation summary.
-    commits = [h for h in data.history() if h["operation"] == "WRITE"]
-    assert len(commits) >= 2
-    for commit in commits:
-        assert commit["germline.run_id"] == summary.run_id
-        assert commit["germline.teacher"] == summary.teacher_id
-        assert commit["germline.base_fingerprint"].startswith("sha256:")
-        assert len(commit["germline.config_hash"]) == 64
-        assert "success" in json.loads(commit["germline.expectations"])
-    assert data.transaction_version(f"germline.generate/{summary.run_id}") == len(commits)
+    commits = assert_generate_commits(data, summary.run_id, summary.teacher_id)
+    assert commits >= 2
 
     graph = LineageStore(lake).graph()
     for node_id in (summary.dataset_id, summary.quarantine_id):
