@@ -221,7 +221,3 @@ class DatasetSink:
             self.commits += 1
             return rows.num_rows
         raise LineageError(f"gave up writing {table.uri} after {MAX_ATTEMPTS} conflicting commits")
-
-    def versions(self) -> tuple[int, int]:
-        """The latest versions of the dataset and quarantine tables."""
-        return self.accepted.version, self.quarantine.version

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from germline.checks import NumberFormatError, parse_numbers
 from germline.lineage import Lake, LineageStore
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
@@ -100,3 +101,13 @@ def assert_generate_commits(table: DeltaTable, run_id: str, teacher_id: str) -> 
         assert "success" in json.loads(commit["germline.expectations"])
     assert table.transaction_version(f"germline.generate/{run_id}") == len(commits)
     return len(commits)
+
+
+def parses(text: str) -> bool:
+    """Whether the row filter's own parser reads `text` as a number list: the reference the
+    vectorised filter pass and the GX regex are checked against."""
+    try:
+        parse_numbers(text)
+    except NumberFormatError:
+        return False
+    return True

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import parses
 from pydantic import ValidationError
 
 from germline.checks import (
@@ -21,8 +22,6 @@ from germline.checks import (
     ExpectationFailed,
     ExpectationRunner,
     ExpectResult,
-    NumberFormatError,
-    parse_numbers,
 )
 from germline.checks.expectations import _KINDS, _SPACE, NUMBER_LIST_REGEX
 
@@ -188,14 +187,6 @@ def test_rows_add_up_and_keep_their_order(runner: ExpectationRunner) -> None:
     assert set(result.rejected.column("filter").to_pylist()) == {"expect:match_regex"}
     assert set(result.accepted.column("completion").to_pylist()) == {t for t in texts if parses(t)}
     assert result.rejected.num_rows > 100 and result.accepted.num_rows > 500
-
-
-def parses(text: str) -> bool:
-    try:
-        parse_numbers(text)
-    except NumberFormatError:
-        return False
-    return True
 
 
 def test_regex_means_what_the_row_filter_means() -> None:

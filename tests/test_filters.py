@@ -3,6 +3,7 @@ import random
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import parses
 from pydantic import ValidationError
 
 from germline.checks import (
@@ -468,14 +469,6 @@ def test_shortcut_reads_numbers_like_the_parser() -> None:
         "value: 9999999999999999999 > 1000000000000000000",
         "format: number too long",
     ]
-
-
-def parses(text: str) -> bool:
-    try:
-        parse_numbers(text)
-    except NumberFormatError:
-        return False
-    return True
 
 
 def test_shortcut_on_columns_without_lists() -> None:
