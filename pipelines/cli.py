@@ -16,6 +16,7 @@ from germline.lineage import Lake, LineageError
 from germline.pipelines.generate_cli import generate
 from germline.pipelines.lineage_cli import lineage
 from germline.pipelines.models_cli import models
+from germline.pipelines.train_cli import train
 
 
 def one_line(exc: BaseException) -> str:
@@ -97,6 +98,7 @@ def cli(ctx: click.Context, lake: str | None, storage_options: dict, verbose: in
 cli.add_command(generate)
 cli.add_command(lineage)
 cli.add_command(models)
+cli.add_command(train)
 
 
 @cli.command()

@@ -29,11 +29,11 @@ import pyarrow.compute as pc
 
 from germline.lineage import Lake, LineageError, LineageStore, Node, NodeKind
 from germline.pipelines.generate_config import GenerateConfig
+from germline.pipelines.model_refs import find_model, model_folder
 from germline.pipelines.prompts import get_family
 from germline.pipelines.sink import DatasetSink, drop_ids
 from germline.pipelines.stages import SUMMARY_COLUMN, ChecksStage, GenerateStage
-from germline.serve import EngineError, resolve_model_dir
-from germline.serve.engine import adapter_base
+from germline.serve import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def generate(
     graph = store.graph()
     fingerprint = graph.fingerprint(teacher.id)
     system_prompt = config.teacher.system_prompt or teacher.attrs.get("system_prompt")
-    model_dir = _model_dir(teacher)
+    model_dir = model_folder(teacher, "teacher")
     config_hash = config.content_hash(teacher.id)
     run_id = f"generate-{config.dataset}-{config_hash[:12]}"
 
@@ -322,28 +322,13 @@ def _split(batches: list[pa.Table]) -> tuple[pa.Table, pa.Table, list[dict]]:
 
 
 # -- the teacher ---------------------------------------------------------------------------
-def _model_dir(node: Node) -> Path:
-    if node.kind is not NodeKind.MODEL or not node.uri:
-        raise LineageError(f"{node.id} is not a model with weights on disk")
-    try:
-        return resolve_model_dir(node.uri)
-    except EngineError as exc:
-        raise LineageError(f"teacher {node.id}: {exc}") from None
-
-
 def resolve_teacher(lake: Lake, store: LineageStore, config: GenerateConfig) -> Node:
     """The teacher's lineage node: found by id or name, registered from a local folder or the
     Hugging Face cache, or built from `teacher.build`. Anything else is a clear error."""
     ref = config.teacher.model
-    graph = store.graph()
-    try:
-        return graph.node(graph.resolve(ref))
-    except LineageError as exc:
-        if "ambiguous" in str(exc):
-            raise
-    folder = _local_folder(ref)
-    if folder is not None:
-        return _register_folder(store, folder, ref)
+    found = find_model(store, ref)
+    if found is not None:
+        return found
     build = config.teacher.build
     if build is None:
         raise LineageError(
@@ -360,39 +345,3 @@ def resolve_teacher(lake: Lake, store: LineageStore, config: GenerateConfig) -> 
     )
     base = bootstrap_base(lake, seed=build.base_seed, steps=build.base_steps)
     return make_teacher(lake, base.id, build.trait, name=ref, steps=build.steps)
-
-
-def _local_folder(ref: str) -> Path | None:
-    """A model folder on disk, or the local Hugging Face cache's copy of a hub id."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(ref, local_files_only=True))
-    except Exception:  # not cached (or not a hub id at all): the caller says what to do
-        return None
-
-
-def _register_folder(store: LineageStore, folder: Path, ref: str) -> Node:
-    """Register a model folder (and, for an adapter, its base first)."""
-    try:
-        resolve_model_dir(folder)
-        base = adapter_base(folder)
-    except EngineError as exc:
-        raise LineageError(str(exc)) from None
-    name = _safe_name(ref if not Path(ref).expanduser().is_dir() else folder.name)
-    parent = None
-    if base is not None:
-        base_folder = _local_folder(base)
-        if base_folder is None:
-            raise LineageError(f"adapter {folder} names base {base!r}, which is not available")
-        parent = _register_folder(store, base_folder, base).id
-    return store.register_model(name, folder, parent=parent)
-
-
-def _safe_name(ref: str) -> str:
-    return "".join(c if c.isalnum() or c in "._/+-" else "-" for c in ref).strip("-/") or "model"

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,9 @@ from germline.serve import SamplingParams
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+C = TypeVar("C", bound=BaseModel)
 
 
 class PromptsConfig(_Strict):
@@ -129,8 +132,9 @@ class GenerateConfig(_Strict):
         return hashlib.sha256(blob).hexdigest()
 
 
-def load_config(path: str | os.PathLike[str]) -> GenerateConfig:
-    """Read and validate a YAML config; LineageError naming file and field on any problem."""
+def load_config(path: str | os.PathLike[str], kind: type[C] = GenerateConfig) -> C:  # type: ignore[assignment]
+    """Read and validate a YAML config of `kind` (generate's by default); LineageError naming
+    the file and field on any problem."""
     file = Path(path)
     try:
         raw = yaml.safe_load(file.read_text())
@@ -141,7 +145,7 @@ def load_config(path: str | os.PathLike[str]) -> GenerateConfig:
     if not isinstance(raw, dict):
         raise LineageError(f"{file}: expected a mapping of settings at the top level")
     try:
-        return GenerateConfig.model_validate(raw)
+        return kind.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"

@@ -12,10 +12,33 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from germline.serve.engine import EngineError, Generation, SamplingParams, adapter_base
 
 log = logging.getLogger(__name__)
+
+
+def load_causal_lm(model_dir: Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """The model at `model_dir` and its tokenizer; an adapter folder is loaded onto the base it
+    names and merged, so callers get one plain model either way (EngineError if unloadable)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise EngineError(f"unknown dtype {dtype!r}")
+    base = adapter_base(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(base or model_dir, dtype=torch_dtype)
+        if base is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot load the model at {model_dir}: {exc}") from None
+    return model, tokenizer
 
 
 class TransformersEngine:
@@ -31,24 +54,11 @@ class TransformersEngine:
         dtype: str = "float32",
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise EngineError(f"unknown dtype {dtype!r}")
-        base = adapter_base(model_dir)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(base or model_dir, dtype=torch_dtype)
-            if base is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, model_dir).merge_and_unload()
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot load the model at {model_dir}: {exc}") from None
+        model, self.tokenizer = load_causal_lm(model_dir, dtype)
         self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
