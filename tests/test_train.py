@@ -143,7 +143,9 @@ def test_sft_student_learns_saves_reloads_and_has_lineage(data_lake: Lake, train
     assert ("trained_on", s.dataset_id) in parents
     assert ("generated_by", s.run_id) in parents
     dataset = graph.node(s.dataset_id)
-    assert dataset.version == s.dataset_version == DeltaTable(data_lake.dataset("numbers")).version()
+    assert (
+        dataset.version == s.dataset_version == DeltaTable(data_lake.dataset("numbers")).version()
+    )
     run = graph.node(s.run_id)
     assert run.attrs["params"]["final_loss"] == pytest.approx(s.final_loss)
     assert run.attrs["params"]["optim"]["lr"] == 1e-2
