@@ -187,8 +187,8 @@ def train_loop(cfg: LoopConfig) -> None:
             dist.all_reduce(value)
             value = value / world
         losses.append(float(value))
-        if rank == 0 and cfg.progress is not None:
-            cfg.progress.put_nowait((step + 1, losses[-1]))
+        if rank == 0 and cfg.progress is not None:  # fire and forget: never wait on the driver
+            cfg.progress.actor.put_nowait.remote((step + 1, losses[-1]))
         if step + 1 == cfg.steps:
             report(cfg.steps, final=True)
             return
