@@ -1,0 +1,64 @@
+"""`germline serve`: every model in the lake behind the OpenAI API, on Ray Serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import click
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 exposes the server beyond this machine.")  # fmt: skip
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", envvar="GERMLINE_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every request. [env GERMLINE_API_KEY]")  # fmt: skip
+@click.option("--max-models", default=8, show_default=True, type=click.IntRange(1),
+              help="Models (adapters or full models) held in memory; least recently used go.")  # fmt: skip
+@click.option("--max-pending", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests admitted at once; beyond this a request gets 429.")  # fmt: skip
+@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
+              help="The largest max_tokens a request may ask for.")  # fmt: skip
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="torch threads of the model pool [default: all cores].")  # fmt: skip
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_models: int,
+          max_pending: int, max_tokens: int, threads: int | None) -> None:  # fmt: skip
+    """Serve the lake's models OpenAI-compatibly (/v1/models, /v1/chat/completions,
+    /v1/completions) until interrupted. Model ids are lineage ids; unique names work too.
+    Adapters load onto their base on demand."""
+    from ray import serve as ray_serve
+
+    from germline.pipelines.cluster import ensure_ray
+    from germline.serve.app import ServeSettings, build_app
+    from germline.serve.registry import ModelRegistry
+
+    lake = ctx.obj["lake"]
+    verbose = ctx.find_root().params.get("verbose", 0) > 0
+    settings = ServeSettings(
+        lake=lake.root,
+        storage_options=dict(lake.storage_options or {}),
+        api_key=api_key,
+        max_models=max_models,
+        max_pending=max_pending,
+        max_tokens=max_tokens,
+        threads=threads or os.cpu_count(),
+    )
+    models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
+    ensure_ray(verbose)
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(build_app(settings), name="germline", route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}/v1"
+    click.echo(
+        f"serving {len(models)} models at {url}" + (" (API key required)" if api_key else "")
+    )
+    for model in models:
+        click.echo(f"  {model.id}  ({model.name}{', adapter' if model.adapter else ''})")
+    click.echo("Ctrl-C to stop", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    ray_serve.shutdown()

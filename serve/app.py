@@ -1,0 +1,369 @@
+"""The Ray Serve app: an OpenAI-compatible gateway in front of a multiplexed model pool.
+
+Two deployments. The `Gateway` is the HTTP ingress (FastAPI): it checks the API key,
+validates the request, answers `/v1/models` from lineage, admits at most `max_pending`
+requests at once (the rest get a 429 at once, so a burst is refused, not piled up until
+something breaks) and turns results into OpenAI bodies or server-sent events. The
+`ModelPool` holds the models: each request is routed to it with its model id as Serve's
+multiplexed model id, so a replica that already holds a model gets its requests; inside a
+replica, adapters are loaded onto their base on demand and the least recently used ones are
+dropped beyond `max_models` (serve.multiplexed).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
+# (Request, the request bodies) at runtime, through Serve's ingress wrapper.
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from germline.lineage import Lake
+from germline.serve.openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    chat_body,
+    chat_chunk,
+    completion_body,
+    error_body,
+    new_id,
+    text_chunk,
+    usage,
+)
+from germline.serve.registry import ModelRegistry, ServedModel
+from germline.serve.textgen import BaseModel, Completion, GenParams, TextModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `germline serve` passes to both deployments (plain values: they travel)."""
+
+    lake: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+    api_key: str | None = None
+    max_models: int = 8  # models (adapters or full models) held per pool replica
+    max_pending: int = 64  # requests admitted at once; beyond it, 429
+    max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    threads: int | None = None  # torch threads in a pool replica
+    pool_cpus: float = 1.0
+
+    def lake_obj(self) -> Lake:
+        return Lake.resolve(self.lake, self.storage_options or None)
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: Literal["chat", "text"]
+    params: GenParams
+    messages: list[dict[str, str]] | None = None
+    prompts: list[str | list[int]] | None = None
+
+
+class JobError(Exception):
+    """A request the pool cannot serve: `status` is the HTTP status the client gets."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+# -- the model pool --------------------------------------------------------------------------
+
+
+class _Loaded(TextModel):
+    """A multiplexed model: serve.multiplexed calls __del__ when it evicts the model."""
+
+    def __init__(self, pool: "ModelPool", served: ServedModel, base: BaseModel) -> None:
+        super().__init__(base, served.id if served.adapter else None, served.system_prompt)
+        self._pool, self._served = pool, served
+        self._released = False
+
+    def ensure(self) -> None:
+        """An adapter evicted while this request waited is put back before use."""
+        if self.adapter is not None and self.adapter not in self.base.adapters:
+            self.base.add_adapter(self.adapter, self._served.folder)
+
+    def __del__(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._served, self.base)
+
+
+@serve.deployment(max_ongoing_requests=256)
+class ModelPool:
+    def __init__(self, settings: ServeSettings) -> None:
+        import torch
+
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.registry = ModelRegistry(settings.lake_obj())
+        self._bases: dict[str, BaseModel] = {}
+        self._users: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+        async def load(model_id: str) -> _Loaded:  # a plain function: the LRU's size is a setting
+            return await self._load(model_id)
+
+        self.get_model = serve.multiplexed(max_num_models_per_replica=settings.max_models)(load)
+
+    async def _load(self, model_id: str) -> _Loaded:
+        served = self.registry.get(model_id)
+        base = await asyncio.to_thread(self._base, served.weights)
+        model = _Loaded(self, served, base)
+        if served.adapter:
+            await asyncio.to_thread(base.add_adapter, served.id, served.folder)
+        return model
+
+    def _base(self, weights: str) -> BaseModel:
+        with self._lock:
+            if weights not in self._bases:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                self._bases[weights] = BaseModel(
+                    AutoModelForCausalLM.from_pretrained(weights),
+                    AutoTokenizer.from_pretrained(weights),
+                )
+            self._users[weights] = self._users.get(weights, 0) + 1
+            return self._bases[weights]
+
+    def release(self, served: ServedModel, base: BaseModel) -> None:
+        if served.adapter:
+            base.drop_adapter(served.id)
+        with self._lock:
+            self._users[served.weights] -= 1
+            if self._users[served.weights] <= 0:  # nothing uses these weights any more
+                self._bases.pop(served.weights, None)
+                self._users.pop(served.weights, None)
+
+    async def _model(self) -> _Loaded:
+        model_id = serve.get_multiplexed_model_id()
+        try:
+            model = await self.get_model(model_id)
+        except KeyError:
+            raise JobError(404, f"The model '{model_id}' does not exist", "model") from None
+        await asyncio.to_thread(model.ensure)
+        return model
+
+    def _prompts(self, model: TextModel, job: Job) -> tuple[list[list[int]], GenParams]:
+        """Token ids of every prompt, and the params with max_tokens settled; JobError 400
+        when something does not fit."""
+        try:
+            if job.kind == "chat":
+                assert job.messages is not None
+                ids = [model.chat_ids(job.messages)]
+            else:
+                assert job.prompts is not None
+                ids = [model.text_ids(p) for p in job.prompts]
+            params = job.params
+            if job.kind == "chat" and params.max_tokens <= 0:  # unset: what the context allows
+                room = model.base.max_positions - max(len(i) for i in ids)
+                params = _with_max(params, max(1, min(self.settings.max_tokens, room)))
+            for one in ids:
+                model.check_length(one, params.max_tokens)
+        except ValueError as exc:
+            raise JobError(400, str(exc), "messages" if job.kind == "chat" else "prompt") from None
+        vocab = len(model.tokenizer)
+        if any(t < 0 or t >= vocab for one in ids for t in one):
+            raise JobError(400, f"token ids must lie in 0..{vocab - 1}", "prompt")
+        return ids, params
+
+    async def run(self, job: Job) -> list[Completion] | JobError:
+        try:
+            model = await self._model()
+            ids, params = self._prompts(model, job)
+            return [await asyncio.to_thread(model.complete, one, params) for one in ids]
+        except JobError as exc:
+            return exc
+
+    async def stream(self, job: Job) -> AsyncIterator[tuple]:
+        """("delta", choice index, text, finish reason or None) items, then ("usage", prompt
+        tokens, completion tokens); or one ("error", JobError)."""
+        try:
+            model = await self._model()
+            ids, params = self._prompts(model, job)
+        except JobError as exc:
+            yield ("error", exc)
+            return
+        prompt_tokens = completion_tokens = 0
+        for p, one in enumerate(ids):
+            prompt_tokens += len(one)
+            pieces = model.stream(one, params)
+            while (delta := await asyncio.to_thread(next, pieces, None)) is not None:
+                index = p * params.n + delta.index
+                yield ("delta", index, delta.text, delta.finish_reason)
+                if delta.text:
+                    completion_tokens += len(model.tokenizer(delta.text, add_special_tokens=False)
+                                             ["input_ids"])  # fmt: skip
+        yield ("usage", prompt_tokens, completion_tokens)
+
+
+def _with_max(params: GenParams, max_tokens: int) -> GenParams:
+    return GenParams(max_tokens, params.temperature, params.top_p, params.n, params.stop,
+                     params.seed, params.logprobs, params.echo)  # fmt: skip
+
+
+# -- the HTTP gateway ------------------------------------------------------------------------
+
+api = FastAPI(title="germline", docs_url=None, redoc_url=None)
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "invalid_request_error",
+            429: "rate_limit_exceeded"}.get(status, "invalid_request_error" if status < 500
+                                            else "server_error")  # fmt: skip
+    code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}.get(status)
+    return JSONResponse(error_body(message, kind, param, code), status_code=status)
+
+
+def _event(payload: dict) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        message, where = "the request body is not valid JSON", None
+    return _error(400, f"{where}: {message}" if where else message, where)
+
+
+@api.exception_handler(HTTPException)
+async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, pool: Any, settings: ServeSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.registry = ModelRegistry(settings.lake_obj())
+        self.pending = 0
+
+    def _auth(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if given != f"Bearer {key}":
+            raise HTTPException(401, "Incorrect or missing API key (Authorization: Bearer KEY)")
+
+    def _served(self, ref: str) -> ServedModel:
+        try:
+            return self.registry.get(ref)
+        except KeyError:
+            raise HTTPException(404, f"The model '{ref}' does not exist") from None
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._auth(request)
+        await asyncio.to_thread(self.registry.reload)
+        return {"object": "list", "data": [m.card() for m in self.registry.list()]}
+
+    @api.get("/v1/models/{model:path}")
+    async def model(self, model: str, request: Request) -> dict:
+        self._auth(request)
+        return self._served(model).card()
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest, request: Request) -> Any:
+        self._auth(request)
+        served = self._served(body.model)
+        params = body.params(default_max=0)  # 0: the pool fills in what the context allows
+        if params.max_tokens > self.settings.max_tokens:
+            return _error(400, f"max_tokens is at most {self.settings.max_tokens}", "max_tokens")
+        if body.stream and body.logprobs:
+            return _error(400, "logprobs with stream is not supported", "logprobs")
+        job = Job("chat", params, messages=[m.plain() for m in body.messages])
+        return await self._answer(served, job, body.stream, body.include_usage)
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
+        self._auth(request)
+        served = self._served(body.model)
+        if body.max_tokens > self.settings.max_tokens:
+            return _error(400, f"max_tokens is at most {self.settings.max_tokens}", "max_tokens")
+        job = Job("text", body.params(), prompts=body.prompts)
+        return await self._answer(served, job, body.stream, body.include_usage)
+
+    async def _answer(
+        self, served: ServedModel, job: Job, stream: bool, include_usage: bool
+    ) -> Any:
+        if self.pending >= self.settings.max_pending:
+            return _error(429, f"too many requests in flight ({self.settings.max_pending}); "
+                          "retry later")  # fmt: skip
+        self.pending += 1
+        handle = self.pool.options(multiplexed_model_id=served.id)
+        if stream:
+            events = handle.options(stream=True).stream.remote(job)
+            return StreamingResponse(
+                self._sse(events, served, job, include_usage), media_type="text/event-stream"
+            )
+        try:
+            result = await handle.run.remote(job)
+        finally:
+            self.pending -= 1
+        if isinstance(result, JobError):
+            return _error(result.status, result.message, result.param)
+        if job.kind == "chat":
+            return chat_body(served.id, result[0])
+        return completion_body(served.id, result, job.params.echo)
+
+    async def _sse(
+        self, events: Any, served: ServedModel, job: Job, include_usage: bool
+    ) -> AsyncIterator[str]:
+        stream_id = new_id("chatcmpl" if job.kind == "chat" else "cmpl")
+        started: set[int] = set()
+        try:
+            async for event in events:
+                if event[0] == "error":
+                    exc: JobError = event[1]
+                    yield _event(error_body(exc.message, "invalid_request_error", exc.param))
+                    return
+                if event[0] == "usage":
+                    if include_usage:
+                        chunk = (chat_chunk if job.kind == "chat" else text_chunk)(
+                            stream_id, served.id, 0, {} if job.kind == "chat" else "", None
+                        )
+                        chunk["choices"] = []
+                        chunk["usage"] = usage(event[1], event[2])
+                        yield _event(chunk)
+                    continue
+                _, index, text, finish = event
+                if job.kind == "chat":
+                    if index not in started:
+                        started.add(index)
+                        opening = {"role": "assistant", "content": ""}
+                        yield _event(chat_chunk(stream_id, served.id, index, opening, None))
+                    delta = {"content": text} if text else {}
+                    yield _event(chat_chunk(stream_id, served.id, index, delta, finish))
+                else:
+                    yield _event(text_chunk(stream_id, served.id, index, text, finish))
+            yield "data: [DONE]\n\n"
+        finally:
+            self.pending -= 1
+
+
+def build_app(settings: ServeSettings) -> Any:
+    """The Serve application: the gateway bound to one model pool."""
+    pool = ModelPool.options(ray_actor_options={"num_cpus": settings.pool_cpus}).bind(settings)
+    return Gateway.bind(pool, settings)

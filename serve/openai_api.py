@@ -1,0 +1,267 @@
+"""The OpenAI wire format: request validation and response bodies, apart from any server.
+
+Requests are validated here, so a bad parameter is a 400 naming the parameter before any
+model is touched. Fields the API defines but germline does not implement are refused when set
+to anything but their neutral value (a penalty of 0 is fine, 0.5 is a 400), never silently
+ignored; fields that do not change the output (`user`, `metadata`) are accepted.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from germline.serve.textgen import Choice, Completion, GenParams, TokenLogprob
+
+MAX_N = 16
+MAX_LOGPROBS = 20
+MAX_STOPS = 4
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence cannot be empty")
+        return stop
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> _Request:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0:
+                raise ValueError(f"{name} is not supported (only 0)")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def plain(self) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(p.text for p in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def params(self, default_max: int) -> GenParams:
+        return GenParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            n=self.n,
+            stop=self.stops,
+            seed=self.seed,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+        )
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> CompletionRequest:
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of not in (None, 1, self.n):
+            raise ValueError("best_of is not supported (only equal to n)")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 returns nothing without echo")
+        if self.stream and self.echo:
+            raise ValueError("echo with stream is not supported")
+        if not self.prompts:
+            raise ValueError("prompt is empty")
+        return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def params(self) -> GenParams:
+        return GenParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            n=self.n,
+            stop=self.stops,
+            seed=self.seed,
+            logprobs=self.logprobs,
+            echo=self.echo,
+        )
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}  # fmt: skip
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> dict | None:
+    if tokens is None:
+        return None
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {
+        "content": [
+            {**entry(t.token, t.logprob or 0.0), "top_logprobs": [entry(a, v) for a, v in t.top]}
+            for t in tokens
+        ]
+    }
+
+
+def chat_body(model: str, completion: Completion) -> dict:
+    return {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": _chat_logprobs(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(completion.choices)
+        ],
+        "usage": usage(
+            completion.prompt_tokens, sum(c.completion_tokens for c in completion.choices)
+        ),
+    }
+
+
+def _text_logprobs(choice: Choice, completion: Completion, echo: bool) -> dict | None:
+    if choice.logprobs is None:
+        return None
+    tokens = list(completion.prompt_logprobs or []) if echo else []
+    shift = len(completion.prompt_text) if echo else 0
+    generated = [
+        TokenLogprob(t.token, t.token_id, t.logprob, t.top, t.offset + shift)
+        for t in choice.logprobs
+    ]
+    tokens += generated
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) if t.logprob is not None else None for t in tokens],
+        "text_offset": [t.offset for t in tokens],
+    }
+
+
+def completion_body(model: str, completions: list[Completion], echo: bool) -> dict:
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for completion in completions:
+        prompt_tokens += completion.prompt_tokens
+        for c in completion.choices:
+            completion_tokens += c.completion_tokens
+            choices.append(
+                {
+                    "index": len(choices),
+                    "text": (completion.prompt_text if echo else "") + c.text,
+                    "logprobs": _text_logprobs(c, completion, echo),
+                    "finish_reason": c.finish_reason,
+                }
+            )
+    return {
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chat_chunk(stream_id: str, model: str, index: int, delta: dict, finish: str | None) -> dict:
+    return {
+        "id": stream_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def text_chunk(stream_id: str, model: str, index: int, text: str, finish: str | None) -> dict:
+    return {
+        "id": stream_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
