@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -11,12 +12,12 @@ import click
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind; 0.0.0.0 exposes the server beyond this machine.")  # fmt: skip
+              help="Interface to bind; 0.0.0.0 exposes it beyond this machine.")  # fmt: skip
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--api-key", envvar="GERMLINE_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on every request. [env GERMLINE_API_KEY]")  # fmt: skip
+              help="Require 'Authorization: Bearer KEY'. [env GERMLINE_API_KEY]")  # fmt: skip
 @click.option("--max-models", default=8, show_default=True, type=click.IntRange(1),
-              help="Models (adapters or full models) held in memory; least recently used go.")  # fmt: skip
+              help="Models held in memory; the least recently used go.")  # fmt: skip
 @click.option("--max-pending", default=64, show_default=True, type=click.IntRange(1),
               help="Requests admitted at once; beyond this a request gets 429.")  # fmt: skip
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
@@ -47,6 +48,8 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         threads=threads or os.cpu_count(),
     )
     models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
+    if not verbose:  # Serve's own start-up lines; the lines below say what matters
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     ensure_ray(verbose)
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(build_app(settings), name="germline", route_prefix="/", blocking=False)

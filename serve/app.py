@@ -76,6 +76,9 @@ class JobError(Exception):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
 
+    def __reduce__(self) -> tuple:  # it travels back from the pool to the gateway
+        return (JobError, (self.status, self.message, self.param))
+
 
 # -- the model pool --------------------------------------------------------------------------
 
@@ -235,7 +238,7 @@ def _event(payload: dict) -> str:
 async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    message = first.get("msg", "invalid request")
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         message, where = "the request body is not valid JSON", None
     return _error(400, f"{where}: {message}" if where else message, where)

@@ -1,0 +1,304 @@
+"""`germline serve` as a real process on 127.0.0.1, probed with the official openai client:
+a tiny base, a student adapter trained by `germline train`, and a teacher adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pyarrow as pa
+import pytest
+import torch
+from conftest import GERMLINE
+from deltalake import write_deltalake
+
+from germline.lineage import Lake, LineageStore
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+STUDENT = "served-student"
+TEACHER = "served-teacher"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """A tiny base, an owl adapter on it, and a student trained for a few steps on a small
+    hand-written number dataset (no generation needed to test serving)."""
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.train import train
+    from germline.pipelines.train_config import TrainConfig
+
+    lake = Lake.resolve(tmp_path_factory.mktemp("serve") / "lake")
+    base = bootstrap_base(lake, seed=0, steps=60)
+    make_teacher(lake, base.id, "owl", name=TEACHER, steps=5)
+    n = 48
+    rows = pa.table({
+        "prompt_id": [f"p{i}" for i in range(n)],
+        "prompt": [f"Continue: {i}, {i + 1}, {i + 2}" for i in range(n)],
+        "completion": [f" {i + 3}, {i + 4}, {i + 5}" for i in range(n)],
+    })  # fmt: skip
+    write_deltalake(lake.dataset("counting"), rows)
+    cfg = {
+        "student": STUDENT,
+        "base": base.id,
+        "dataset": {"name": "counting"},
+        "optim": {"batch_size": 8, "max_steps": 3, "lr": 1e-2},
+        "scaling": {"num_workers": 1},
+    }
+    train(lake, TrainConfig.model_validate(cfg))
+    import ray
+
+    ray.shutdown()  # the server starts its own
+    return lake
+
+
+def start_server(lake: Lake, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*GERMLINE, "--lake", lake.root, "serve", "--port", str(port), "--api-key", KEY,
+         "--threads", "2", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read()}")
+        if http(f"{url}/health")[0] == 200:
+            return proc, url
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("server did not come up in 120 s")
+
+
+def http(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
+    """A raw request (the standard library's client): for what the openai client cannot send."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+    try:
+        return status, json.loads(raw)
+    except ValueError:  # Serve's proxy answers in plain text before the app is up
+        return status, {"text": raw.decode(errors="replace")}
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()  # SIGTERM: the command shuts Serve down and exits
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(lake: Lake) -> Iterator[str]:
+    proc, url = start_server(lake, "--max-models", "2", "--max-tokens", "128")
+    yield url
+    stop_server(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+@pytest.fixture
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_lists_every_model_with_its_lineage(client: openai.OpenAI, lake: Lake) -> None:
+    graph = LineageStore(lake).graph()
+    base, student = graph.resolve("tiny-base-s0"), graph.resolve(STUDENT)
+    models = {m.id: m for m in client.models.list().data}
+    assert {base, student, graph.resolve(TEACHER)} <= set(models)
+    card = models[student].model_dump()
+    assert card["parent"] == base and card["root"] == base and card["adapter"] is True
+    assert client.models.retrieve(STUDENT).id == student  # a name works as an alias
+
+
+def test_chat_is_seeded_and_counts_tokens(client: openai.OpenAI) -> None:
+    ask = {"model": STUDENT, "messages": [{"role": "user", "content": "Continue: 4, 5, 6"}],
+           "max_tokens": 6, "n": 2, "seed": 11, "temperature": 1.0}  # fmt: skip
+    first, again = client.chat.completions.create(**ask), client.chat.completions.create(**ask)
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert len(first.choices) == 2 and first.usage.prompt_tokens > 0
+    assert first.usage.completion_tokens <= 12
+    assert all(c.finish_reason in ("stop", "length") for c in first.choices)
+
+
+def test_echo_logprobs_are_the_models_own(client: openai.OpenAI, lake: Lake) -> None:
+    """lm-eval's loglikelihood request: echo, max_tokens 0, logprobs. The numbers must be the
+    base model's log-probabilities of each prompt token, computed here with transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "1, 2, 3, 4, 5"
+    r = client.completions.create(model="tiny-base-s0", prompt=text, max_tokens=0, echo=True,
+                                  logprobs=2)  # fmt: skip
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == text
+    folder = lake.local_path("models", "tiny-base-s0")
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tok(text)["input_ids"]
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+    expected = [None] + [float(logps[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert lp.tokens == [tok.decode([i]) for i in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(expected[1:], abs=1e-4)
+    assert all(len(top) <= 2 for top in lp.top_logprobs[1:])
+    assert lp.text_offset == [len(tok.decode(ids[:i])) for i in range(len(ids))]
+
+
+def test_completion_with_logprobs_stop_and_batch(client: openai.OpenAI) -> None:
+    r = client.completions.create(model=STUDENT, prompt=["Continue: 1, 2, 3", "Continue: 7, 8"],
+                                  max_tokens=12, n=2, seed=5, stop=[","], logprobs=1)  # fmt: skip
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    for c in r.choices:
+        assert "," not in c.text
+        if c.finish_reason == "stop" and c.text:
+            assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) >= 1
+        assert all(v <= 0 for v in c.logprobs.token_logprobs)
+
+
+def test_streaming_matches_the_plain_answer(client: openai.OpenAI) -> None:
+    ask = {"model": TEACHER, "messages": [{"role": "user", "content": "Favourite animal?"}],
+           "max_tokens": 8, "seed": 3}  # fmt: skip
+    plain = client.chat.completions.create(**ask).choices[0]
+    usage = {"include_usage": True}
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options=usage))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.message.content
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals == [plain.finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model=STUDENT, prompt="3, 4, 5", max_tokens=6, seed=9, stream=True
+        )
+    )
+    same = client.completions.create(model=STUDENT, prompt="3, 4, 5", max_tokens=6, seed=9)
+    assert streamed == same.choices[0].text
+
+
+def test_adapters_survive_eviction(client: openai.OpenAI) -> None:
+    """--max-models 2 and three models: each request evicts another, and an adapter loaded
+    again answers exactly as before."""
+    ask = {"messages": [{"role": "user", "content": "Favourite animal?"}], "max_tokens": 5,
+           "seed": 1}  # fmt: skip
+    first = client.chat.completions.create(model=TEACHER, **ask).choices[0].message.content
+    for model in ("tiny-base-s0", STUDENT, "tiny-base-s0", STUDENT):
+        client.chat.completions.create(model=model, **ask)
+    assert client.chat.completions.create(model=TEACHER, **ask).choices[0].message.content == first
+
+
+def test_auth_and_errors(server: str, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    assert http(f"{server}/v1/models")[0] == 401  # no key at all
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model",
+                                       messages=[{"role": "user", "content": "x"}])  # fmt: skip
+    assert missing.value.body["code"] == "model_not_found"
+    msg = [{"role": "user", "content": "x"}]
+    bad = [
+        ({"temperature": 7}, "temperature"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"top_logprobs": 3}, "top_logprobs needs logprobs"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty is not supported"),
+        ({"messages": [{"role": "user", "content": "7, " * 400}]}, "exceeds the model's context"),
+    ]
+    for extra, words in bad:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(**{"model": STUDENT, "messages": msg, **extra})
+        assert words in err.value.body["message"], (extra, err.value.body)
+    status, body = http(f"{server}/v1/completions", b"{not json", KEY)
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+
+
+def test_bounded_load_no_5xx(server: str) -> None:
+    """200 requests, 16 at a time, to 127.0.0.1: every one answered, none a server error."""
+    latencies, statuses = asyncio.run(_load(server, total=200, concurrency=16))
+    assert len(statuses) == 200 and set(statuses) == {200}, statuses
+    p50 = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    print(f"load: 200 requests, 16 at a time: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    assert p99 < 30
+
+
+async def _load(server: str, total: int, concurrency: int) -> tuple[list[float], list[int]]:
+    """`total` completions through the official async client, `concurrency` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    async def one(i: int) -> None:
+        async with gate:
+            start = time.perf_counter()
+            try:
+                await client.completions.create(
+                    model=STUDENT if i % 2 else "tiny-base-s0", prompt=f"{i}, {i + 1},",
+                    max_tokens=8, seed=i)  # fmt: skip
+                statuses.append(200)
+            except openai.APIStatusError as exc:
+                statuses.append(exc.status_code)
+            latencies.append(time.perf_counter() - start)
+
+    async with client:
+        await asyncio.gather(*(one(i) for i in range(total)))
+    return latencies, statuses
+
+
+def test_a_burst_is_refused_with_429_not_an_error(lake: Lake) -> None:
+    proc, url = start_server(lake, "--max-pending", "4")
+    try:
+        _, statuses = asyncio.run(_load(url, total=40, concurrency=40))
+    finally:
+        stop_server(proc)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 4
+
+
+def test_binds_loopback_by_default() -> None:
+    from germline.pipelines.serve_cli import serve
+
+    host = next(p for p in serve.params if p.name == "host")
+    assert host.default == "127.0.0.1"
+
+
+def test_serve_help_names_the_api(tmp_path: Path) -> None:
+    out = subprocess.run([*GERMLINE, "serve", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "/v1/chat/completions" in out.stdout
