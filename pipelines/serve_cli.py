@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
@@ -23,7 +22,7 @@ import click
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
               help="The largest max_tokens a request may ask for.")  # fmt: skip
 @click.option("--threads", default=None, type=click.IntRange(1),
-              help="torch threads of the model pool [default: all cores].")  # fmt: skip
+              help="torch threads of the model pool [default: torch's own].")  # fmt: skip
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_models: int,
           max_pending: int, max_tokens: int, threads: int | None) -> None:  # fmt: skip
@@ -45,7 +44,7 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         max_models=max_models,
         max_pending=max_pending,
         max_tokens=max_tokens,
-        threads=threads or os.cpu_count(),
+        threads=threads,
     )
     models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
     if not verbose:  # Serve's own start-up lines; the lines below say what matters
