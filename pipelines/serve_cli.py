@@ -23,9 +23,16 @@ import click
               help="The largest max_tokens a request may ask for.")  # fmt: skip
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch threads of the model pool [default: torch's own].")  # fmt: skip
+@click.option("--engine", type=click.Choice(["transformers", "vllm"]), default="transformers",
+              show_default=True, help="vllm on GPU nodes (the vllm extra).")  # fmt: skip
+@click.option("--num-gpus", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="GPUs for the model pool (1 for vllm on a GPU node).")  # fmt: skip
+@click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
+              help="A vLLM engine argument (repeatable), e.g. max_model_len=4096.")  # fmt: skip
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_models: int,
-          max_pending: int, max_tokens: int, threads: int | None) -> None:  # fmt: skip
+          max_pending: int, max_tokens: int, threads: int | None, engine: str, num_gpus: float,
+          engine_options: tuple[str, ...]) -> None:  # fmt: skip
     """Serve the lake's models OpenAI-compatibly (/v1/models, /v1/chat/completions,
     /v1/completions) until interrupted. Model ids are lineage ids; unique names work too.
     Adapters load onto their base on demand."""
@@ -45,6 +52,9 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         max_pending=max_pending,
         max_tokens=max_tokens,
         threads=threads,
+        engine=engine,  # type: ignore[arg-type]
+        pool_gpus=num_gpus,
+        engine_options=_options(engine_options),
     )
     models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
     if not verbose:  # Serve's own start-up lines; the lines below say what matters
@@ -64,3 +74,16 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     ray_serve.shutdown()
+
+
+def _options(items: tuple[str, ...]) -> dict[str, object]:
+    """KEY=VALUE pairs, the values read as YAML scalars (4096 is an int, true a bool)."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--engine-option")
+        options[key] = yaml.safe_load(value)
+    return options

@@ -39,7 +39,7 @@ from germline.serve.openai_api import (
     usage,
 )
 from germline.serve.registry import ModelRegistry, ServedModel
-from germline.serve.textgen import BaseModel, Completion, GenParams, TextModel
+from germline.serve.textgen import BaseModel, Completion, GenParams, Prompting, TextModel
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class ServeSettings:
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     threads: int | None = None  # torch threads in a pool replica
     pool_cpus: float = 1.0
+    pool_gpus: float = 0.0
+    engine: Literal["transformers", "vllm"] = "transformers"
+    engine_options: dict[str, Any] = field(default_factory=dict)  # vLLM engine arguments
 
     def lake_obj(self) -> Lake:
         return Lake.resolve(self.lake, self.storage_options or None)
@@ -113,6 +116,7 @@ class ModelPool:
         self.registry = ModelRegistry(settings.lake_obj())
         self._bases: dict[str, BaseModel] = {}
         self._users: dict[str, int] = {}
+        self._vllm: dict[str, Any] = {}  # weights folder -> VLLMBase
         self._lock = threading.Lock()
 
         async def load(model_id: str) -> _Loaded:  # a plain function: the LRU's size is a setting
@@ -120,8 +124,14 @@ class ModelPool:
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=settings.max_models)(load)
 
-    async def _load(self, model_id: str) -> _Loaded:
+    async def _load(self, model_id: str) -> Prompting:
         served = self.registry.get(model_id)
+        if self.settings.engine == "vllm":
+            from germline.serve.vllm_textgen import VLLMTextModel
+
+            engine = await asyncio.to_thread(self._vllm_base, served.weights)
+            adapter = served.folder if served.adapter else None
+            return VLLMTextModel(engine, served.id, adapter, served.system_prompt)
         base = await asyncio.to_thread(self._base, served.weights)
         model = _Loaded(self, served, base)
         if served.adapter:
@@ -140,6 +150,19 @@ class ModelPool:
             self._users[weights] = self._users.get(weights, 0) + 1
             return self._bases[weights]
 
+    def _vllm_base(self, weights: str) -> Any:
+        """One vLLM engine per base, started on first use with LoRA sized for the adapters
+        the lake has on that base (vLLM itself loads and evicts the adapters)."""
+        from germline.serve.vllm_textgen import VLLMBase
+
+        with self._lock:
+            if weights not in self._vllm:
+                adapters = [m.folder for m in self.registry.list()
+                            if m.adapter and m.weights == weights]  # fmt: skip
+                self._vllm[weights] = VLLMBase(weights, self.settings.max_models, adapters,
+                                               dict(self.settings.engine_options))  # fmt: skip
+            return self._vllm[weights]
+
     def release(self, served: ServedModel, base: BaseModel) -> None:
         if served.adapter:
             base.drop_adapter(served.id)
@@ -149,7 +172,7 @@ class ModelPool:
                 self._bases.pop(served.weights, None)
                 self._users.pop(served.weights, None)
 
-    async def _model(self) -> _Loaded:
+    async def _model(self) -> Prompting:
         model_id = serve.get_multiplexed_model_id()
         try:
             model = await self.get_model(model_id)
@@ -158,7 +181,7 @@ class ModelPool:
         await asyncio.to_thread(model.ensure)
         return model
 
-    def _prompts(self, model: TextModel, job: Job) -> tuple[list[list[int]], GenParams]:
+    def _prompts(self, model: Prompting, job: Job) -> tuple[list[list[int]], GenParams]:
         """Token ids of every prompt, and the params with max_tokens settled; JobError 400
         when something does not fit."""
         try:
@@ -170,7 +193,7 @@ class ModelPool:
                 ids = [model.text_ids(p) for p in job.prompts]
             params = job.params
             if job.kind == "chat" and params.max_tokens <= 0:  # unset: what the context allows
-                room = model.base.max_positions - max(len(i) for i in ids)
+                room = model.max_positions - max(len(i) for i in ids)
                 params = _with_max(params, max(1, min(self.settings.max_tokens, room)))
             for one in ids:
                 model.check_length(one, params.max_tokens)
@@ -185,7 +208,7 @@ class ModelPool:
         try:
             model = await self._model()
             ids, params = self._prompts(model, job)
-            return [await asyncio.to_thread(model.complete, one, params) for one in ids]
+            return [await model.acomplete(one, params) for one in ids]
         except JobError as exc:
             return exc
 
@@ -201,8 +224,7 @@ class ModelPool:
         prompt_tokens = completion_tokens = 0
         for p, one in enumerate(ids):
             prompt_tokens += len(one)
-            pieces = model.stream(one, params)
-            while (delta := await asyncio.to_thread(next, pieces, None)) is not None:
+            async for delta in model.astream(one, params):
                 index = p * params.n + delta.index
                 yield ("delta", index, delta.text, delta.finish_reason)
                 if delta.text:
@@ -368,5 +390,6 @@ class Gateway:
 
 def build_app(settings: ServeSettings) -> Any:
     """The Serve application: the gateway bound to one model pool."""
-    pool = ModelPool.options(ray_actor_options={"num_cpus": settings.pool_cpus}).bind(settings)
+    resources = {"num_cpus": settings.pool_cpus, "num_gpus": settings.pool_gpus}
+    pool = ModelPool.options(ray_actor_options=resources).bind(settings)
     return Gateway.bind(pool, settings)

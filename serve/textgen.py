@@ -16,10 +16,11 @@ adapters and generating must not interleave.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,19 +121,15 @@ class BaseModel:
                 yield self.model
 
 
-class TextModel:
-    """What a served model id stands for: a base, an adapter on it (or none) and, for a
-    system-prompt teacher, the system prompt its chats start with."""
+class Prompting:
+    """How requests become token ids, whatever engine runs them: the chat template (with a
+    system-prompt teacher's system prompt first), plain text or given token ids, and the
+    check that prompt and completion fit the model's context."""
 
-    def __init__(
-        self, base: BaseModel, adapter: str | None = None, system_prompt: str | None = None
-    ) -> None:
-        self.base = base
-        self.adapter = adapter
-        self.system_prompt = system_prompt
-        self.tokenizer = base.tokenizer
+    tokenizer: Any
+    system_prompt: str | None = None
+    max_positions: int = 1 << 20
 
-    # -- prompts ---------------------------------------------------------------------------
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         if self.tokenizer.chat_template is None:
             raise ValueError("this model has no chat template: use /v1/completions")
@@ -150,7 +147,7 @@ class TextModel:
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> None:
         """ValueError (a 400) when the prompt and the completion do not fit the model."""
-        limit = self.base.max_positions
+        limit = self.max_positions
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) + max_tokens > limit:
@@ -158,6 +155,37 @@ class TextModel:
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
                 f"the model's context of {limit} tokens"
             )
+
+    def ensure(self) -> None:
+        """Make the model usable again after an eviction raced with this request."""
+
+    async def acomplete(self, prompt_ids: list[int], params: GenParams) -> Completion:
+        raise NotImplementedError
+
+    def astream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
+        raise NotImplementedError
+
+
+class TextModel(Prompting):
+    """What a served model id stands for on the transformers engine: a base, an adapter on it
+    (or none) and, for a system-prompt teacher, the system prompt its chats start with."""
+
+    def __init__(
+        self, base: BaseModel, adapter: str | None = None, system_prompt: str | None = None
+    ) -> None:
+        self.base = base
+        self.adapter = adapter
+        self.system_prompt = system_prompt
+        self.tokenizer = base.tokenizer
+        self.max_positions = base.max_positions
+
+    async def acomplete(self, prompt_ids: list[int], params: GenParams) -> Completion:
+        return await asyncio.to_thread(self.complete, prompt_ids, params)
+
+    async def astream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
+        pieces = self.stream(prompt_ids, params)
+        while (delta := await asyncio.to_thread(next, pieces, None)) is not None:
+            yield delta
 
     # -- generation ------------------------------------------------------------------------
     def complete(self, prompt_ids: list[int], params: GenParams) -> Completion:

@@ -1,0 +1,166 @@
+"""The server's vLLM path: one vLLM async engine per base, every adapter a LoRA request on it.
+
+vLLM does natively what the transformers path does by hand: continuous batching of concurrent
+requests (each still seeded on its own), many LoRA adapters on one copy of the base, stop
+strings, streaming, and the log-probabilities of sampled and prompt tokens. So this module only
+translates: germline's `GenParams` to vLLM's `SamplingParams`, and vLLM's outputs back to the
+`Completion` and `Delta` the gateway turns into OpenAI bodies. Like `vllm_engine`, it imports
+vLLM only inside functions: the main environment has no vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from germline.serve.textgen import (
+    Choice,
+    Completion,
+    Delta,
+    GenParams,
+    Prompting,
+    TokenLogprob,
+    _offsets,
+)
+from germline.serve.vllm_engine import adapter_rank, cpu_defaults, lora_rank_slot
+
+log = logging.getLogger(__name__)
+
+
+class VLLMBase:
+    """A vLLM AsyncLLM engine over one set of base weights, with LoRA on."""
+
+    def __init__(self, weights: str, max_loras: int, adapters: list[str], options: dict) -> None:
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.platforms import current_platform
+
+        rank = max([8, *(adapter_rank(Path(a)) for a in adapters)])
+        kwargs: dict[str, Any] = {"seed": 0, **options}
+        if current_platform.is_cpu():
+            for key, value in cpu_defaults().items():
+                kwargs.setdefault(key, value)
+        if adapters:
+            kwargs.setdefault("enable_lora", True)
+            kwargs.setdefault("max_loras", max_loras)
+            kwargs.setdefault("max_lora_rank", lora_rank_slot(rank))
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=weights, **kwargs))
+        self.tokenizer = AutoTokenizer.from_pretrained(weights)
+        self.max_positions = int(self.engine.model_config.max_model_len)
+        self._lora_ids: dict[str, int] = {}
+
+    def lora_id(self, model_id: str) -> int:
+        """vLLM names each adapter by a positive int, stable for this engine's life."""
+        return self._lora_ids.setdefault(model_id, len(self._lora_ids) + 1)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class VLLMTextModel(Prompting):
+    """A served model id on vLLM: the base's engine plus, for an adapter, its LoRA request."""
+
+    def __init__(
+        self, base: VLLMBase, model_id: str, adapter_folder: str | None, system_prompt: str | None
+    ) -> None:
+        from vllm.lora.request import LoRARequest
+
+        self.base = base
+        self.tokenizer = base.tokenizer
+        self.max_positions = base.max_positions
+        self.system_prompt = system_prompt
+        self.lora = (
+            LoRARequest(model_id, base.lora_id(model_id), adapter_folder)
+            if adapter_folder
+            else None
+        )
+
+    def _sampling(self, params: GenParams, delta: bool) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            # vLLM generates at least one token; a scoring request (max_tokens 0) drops it
+            max_tokens=max(1, params.max_tokens),
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=params.logprobs,
+            prompt_logprobs=params.logprobs if params.echo else None,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def acomplete(self, prompt_ids: list[int], params: GenParams) -> Completion:
+        final = None
+        async for out in self.base.engine.generate(
+            {"prompt_token_ids": prompt_ids},
+            self._sampling(params, delta=False),
+            request_id=uuid.uuid4().hex,
+            lora_request=self.lora,
+        ):
+            final = out
+        assert final is not None
+        if params.max_tokens == 0:
+            choices = [Choice("", "length", 0, [] if params.logprobs is not None else None)
+                       for _ in range(params.n)]  # fmt: skip
+        else:
+            choices = [
+                self._choice(o, params) for o in sorted(final.outputs, key=lambda o: o.index)
+            ]
+        prompt_lp = None
+        if params.echo:
+            prompt_lp = self._logprobs(prompt_ids, final.prompt_logprobs, params.logprobs or 0)
+            prompt_lp[0].logprob, prompt_lp[0].top = None, []
+        text = self.tokenizer.decode(prompt_ids) if params.echo else ""
+        return Completion(choices, len(prompt_ids), text, prompt_lp)
+
+    def _choice(self, out: Any, params: GenParams) -> Choice:
+        finish = "stop" if out.finish_reason == "stop" else "length"
+        ids = list(out.token_ids)
+        eos = self.tokenizer.eos_token_id
+        if ids and ids[-1] == eos:
+            ids = ids[:-1]
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = self._logprobs(ids, out.logprobs, params.logprobs)
+        return Choice(out.text, finish, len(out.token_ids), logprobs)
+
+    def _logprobs(self, ids: list[int], steps: Any, top: int) -> list[TokenLogprob]:
+        """vLLM's per-position {token id: Logprob} maps as germline's token list."""
+        offsets = _offsets(self.tokenizer, ids)
+        out = []
+        for i, token_id in enumerate(ids):
+            step = (steps[i] if steps is not None and i < len(steps) else None) or {}
+            chosen = step.get(token_id)
+            ranked = sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+            alternatives = [(self.tokenizer.decode([t]), float(lp.logprob))
+                            for t, lp in ranked if lp.rank and lp.rank <= top][:top]  # fmt: skip
+            out.append(
+                TokenLogprob(
+                    self.tokenizer.decode([token_id]),
+                    token_id,
+                    float(chosen.logprob) if chosen is not None else None,
+                    alternatives,
+                    offsets[i],
+                )
+            )
+        return out
+
+    async def astream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
+        async for out in self.base.engine.generate(
+            {"prompt_token_ids": prompt_ids},
+            self._sampling(params, delta=True),
+            request_id=uuid.uuid4().hex,
+            lora_request=self.lora,
+        ):
+            for o in out.outputs:
+                finish = None
+                if o.finish_reason is not None:
+                    finish = "stop" if o.finish_reason == "stop" else "length"
+                if o.text or finish:
+                    yield Delta(o.index, o.text, finish)
