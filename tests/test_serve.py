@@ -258,8 +258,11 @@ def test_bounded_load_no_5xx(server: str) -> None:
     assert p99 < 30
 
 
-async def _load(server: str, total: int, concurrency: int) -> tuple[list[float], list[int]]:
-    """`total` completions through the official async client, `concurrency` at a time."""
+async def _load(
+    server: str, total: int, concurrency: int, model: str | None = None
+) -> tuple[list[float], list[int]]:
+    """`total` completions through the official async client, `concurrency` at a time, to
+    `model` (default: the student and the base in turn)."""
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     statuses: list[int] = []
@@ -270,7 +273,7 @@ async def _load(server: str, total: int, concurrency: int) -> tuple[list[float],
             start = time.perf_counter()
             try:
                 await client.completions.create(
-                    model=STUDENT if i % 2 else "tiny-base-s0", prompt=f"{i}, {i + 1},",
+                    model=model or (STUDENT if i % 2 else "tiny-base-s0"), prompt=f"{i}, {i + 1},",
                     max_tokens=8, seed=i)  # fmt: skip
                 statuses.append(200)
             except openai.APIStatusError as exc:
