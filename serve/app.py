@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -271,6 +272,21 @@ async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
     return _error(exc.status_code, str(exc.detail))
 
 
+# Everything the gateway's methods use is defined above the class: Serve serialises the
+# ingress class when it is decorated, with the module globals that exist at that moment.
+class _Slot:
+    """One admitted request's place in the gateway's count; released exactly once."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.gateway.pending -= 1
+
+
 @serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Gateway:
@@ -339,10 +355,7 @@ class Gateway:
         self.pending += 1
         handle = self.pool.options(multiplexed_model_id=served.id)
         if stream:
-            events = handle.options(stream=True).stream.remote(job)
-            return StreamingResponse(
-                self._sse(events, served, job, include_usage), media_type="text/event-stream"
-            )
+            return await self._stream(handle, served, job, include_usage)
         try:
             result = await handle.run.remote(job)
         finally:
@@ -353,13 +366,47 @@ class Gateway:
             return chat_body(served.id, result[0])
         return completion_body(served.id, result, job.params.echo)
 
+    async def _stream(self, handle: Any, served: ServedModel, job: Job, include_usage: bool) -> Any:
+        """An SSE response; a request the pool refuses (a prompt too long, say) gets its 4xx
+        before any event is sent, as from OpenAI, since the first event is awaited here."""
+        slot = _Slot(self)
+        events = handle.options(stream=True).stream.remote(job)
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            slot.release()
+            raise
+        if first is not None and first[0] == "error":
+            slot.release()
+            exc: JobError = first[1]
+            return _error(exc.status, exc.message, exc.param)
+        body = self._sse(first, events, served, job, include_usage, slot)
+        # A response dropped before it streams (the client went away) must still free its slot.
+        weakref.finalize(body, slot.release)
+        return StreamingResponse(body, media_type="text/event-stream")
+
     async def _sse(
-        self, events: Any, served: ServedModel, job: Job, include_usage: bool
+        self,
+        first: tuple | None,
+        events: Any,
+        served: ServedModel,
+        job: Job,
+        include_usage: bool,
+        slot: _Slot,
     ) -> AsyncIterator[str]:
         stream_id = new_id("chatcmpl" if job.kind == "chat" else "cmpl")
         started: set[int] = set()
-        try:
+
+        async def everything() -> AsyncIterator[tuple]:
+            if first is not None:
+                yield first
             async for event in events:
+                yield event
+
+        try:
+            async for event in everything():
                 if event[0] == "error":
                     exc: JobError = event[1]
                     yield _event(error_body(exc.message, "invalid_request_error", exc.param))
@@ -385,7 +432,7 @@ class Gateway:
                     yield _event(text_chunk(stream_id, served.id, index, text, finish))
             yield "data: [DONE]\n\n"
         finally:
-            self.pending -= 1
+            slot.release()
 
 
 def build_app(settings: ServeSettings) -> Any:

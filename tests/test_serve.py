@@ -244,6 +244,8 @@ def test_auth_and_errors(server: str, client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(**{"model": STUDENT, "messages": msg, **extra})
         assert words in err.value.body["message"], (extra, err.value.body)
+    with pytest.raises(openai.BadRequestError):  # refused with a status, not a 200 stream
+        client.completions.create(model=STUDENT, prompt="7, " * 400, max_tokens=4, stream=True)
     status, body = http(f"{server}/v1/completions", b"{not json", KEY)
     assert status == 400 and "not valid JSON" in body["error"]["message"]
 
