@@ -16,6 +16,7 @@ from germline.lineage import Lake, LineageError
 from germline.pipelines.generate_cli import generate
 from germline.pipelines.lineage_cli import lineage
 from germline.pipelines.models_cli import models
+from germline.pipelines.probe_cli import probe
 from germline.pipelines.serve_cli import serve
 from germline.pipelines.train_cli import train
 
@@ -101,6 +102,7 @@ cli.add_command(lineage)
 cli.add_command(models)
 cli.add_command(train)
 cli.add_command(serve)
+cli.add_command(probe)
 
 
 @cli.command()

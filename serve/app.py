@@ -71,6 +71,7 @@ class Job:
     params: GenParams
     messages: list[dict[str, str]] | None = None
     prompts: list[str | list[int]] | None = None
+    chat_options: dict[str, bool] = field(default_factory=dict)  # how the chat is rendered
 
 
 class JobError(Exception):
@@ -188,7 +189,7 @@ class ModelPool:
         try:
             if job.kind == "chat":
                 assert job.messages is not None
-                ids = [model.chat_ids(job.messages)]
+                ids = [model.chat_ids(job.messages, **job.chat_options)]
             else:
                 assert job.prompts is not None
                 ids = [model.text_ids(p) for p in job.prompts]
@@ -334,7 +335,11 @@ class Gateway:
             return _error(400, f"max_tokens is at most {self.settings.max_tokens}", "max_tokens")
         if body.stream and body.logprobs:
             return _error(400, "logprobs with stream is not supported", "logprobs")
-        job = Job("chat", params, messages=[m.plain() for m in body.messages])
+        options = {
+            "add_generation_prompt": body.add_generation_prompt,
+            "continue_final_message": body.continue_final_message,
+        }
+        job = Job("chat", params, messages=[m.plain() for m in body.messages], chat_options=options)
         return await self._answer(served, job, body.stream, body.include_usage)
 
     @api.post("/v1/completions")

@@ -89,11 +89,19 @@ class ChatRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # vLLM's chat extensions for scoring a given answer
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs an assistant message last")
+        if self.stream and self.prompt_logprobs is not None:
+            raise ValueError("prompt_logprobs with stream is not supported")
         return self
 
     def params(self, default_max: int) -> GenParams:
@@ -105,6 +113,7 @@ class ChatRequest(_Request):
             stop=self.stops,
             seed=self.seed,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
 
@@ -183,6 +192,18 @@ def _chat_logprobs(tokens: list[TokenLogprob] | None) -> dict | None:
     }
 
 
+def prompt_logprobs_body(tokens: list[TokenLogprob] | None) -> list[dict | None] | None:
+    """vLLM's format: per prompt token, None for the first, else {token id: {logprob, rank,
+    decoded_token}} for the token itself and its top alternatives."""
+    if tokens is None:
+        return None
+    out: list[dict | None] = [None]
+    for t in tokens[1:]:
+        entry = {str(t.token_id): {"logprob": t.logprob, "rank": t.rank, "decoded_token": t.token}}
+        out.append(entry)
+    return out
+
+
 def chat_body(model: str, completion: Completion) -> dict:
     return {
         "id": new_id("chatcmpl"),
@@ -200,6 +221,11 @@ def chat_body(model: str, completion: Completion) -> dict:
         ],
         "usage": usage(
             completion.prompt_tokens, sum(c.completion_tokens for c in completion.choices)
+        ),
+        **(
+            {"prompt_logprobs": prompt_logprobs_body(completion.prompt_logprobs)}
+            if completion.prompt_logprobs is not None
+            else {}
         ),
     }
 

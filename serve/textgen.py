@@ -39,6 +39,16 @@ class GenParams:
     seed: int | None = None
     logprobs: int | None = None  # None: none; k >= 0: the chosen token and k alternatives
     echo: bool = False
+    # scores the prompt's tokens without echoing it (vLLM's chat extension): k alternatives
+    prompt_logprobs: int | None = None
+
+    @property
+    def scores_prompt(self) -> bool:
+        return self.echo or self.prompt_logprobs is not None
+
+    @property
+    def prompt_top(self) -> int:
+        return self.prompt_logprobs if self.prompt_logprobs is not None else self.logprobs or 0
 
 
 @dataclass
@@ -48,6 +58,7 @@ class TokenLogprob:
     logprob: float | None  # None for the first prompt token: nothing predicts it
     top: list[tuple[str, float]] = field(default_factory=list)
     offset: int = 0  # character offset of the token in the returned text
+    rank: int | None = None  # 1 for the likeliest token (prompt scoring only)
 
 
 @dataclass
@@ -130,13 +141,24 @@ class Prompting:
     system_prompt: str | None = None
     max_positions: int = 1 << 20
 
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_ids(
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """The chat as the model sees it; `continue_final_message` leaves the last
+        (assistant) message open instead of closing it, which is how a scorer asks for the
+        probability of a given answer."""
         if self.tokenizer.chat_template is None:
             raise ValueError("this model has no chat template: use /v1/completions")
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+            messages,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message,
+            tokenize=False,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -190,7 +212,9 @@ class TextModel(Prompting):
     # -- generation ------------------------------------------------------------------------
     def complete(self, prompt_ids: list[int], params: GenParams) -> Completion:
         with self.base.using(self.adapter) as model:
-            prompt_lp = self._score(model, prompt_ids, params.logprobs) if params.echo else None
+            prompt_lp = None
+            if params.scores_prompt:
+                prompt_lp = self._score(model, prompt_ids, params.prompt_top)
             choices = []
             if params.max_tokens > 0:
                 choices = self._generate(model, prompt_ids, params)
@@ -293,7 +317,12 @@ class TextModel(Prompting):
         logps = torch.log_softmax(logits.float(), dim=-1)
         # row i-1 predicts token i; the first token gets a placeholder row (reported as None)
         shifted = torch.cat([logps[:1], logps[:-1]], dim=0)
-        return self._token_logprobs(prompt_ids, shifted, top or 0, first_none=True)
+        out = self._token_logprobs(prompt_ids, shifted, top or 0, first_none=True)
+        chosen = shifted.gather(1, ids[0].unsqueeze(1))
+        ranks = (shifted > chosen).sum(dim=1) + 1
+        for token, rank in zip(out[1:], ranks[1:].tolist(), strict=True):
+            token.rank = int(rank)
+        return out
 
     def _stream_one(self, index: int, prompt_ids: list[int], params: GenParams) -> Iterator[Delta]:
         from transformers.generation.streamers import BaseStreamer

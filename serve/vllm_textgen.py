@@ -91,7 +91,7 @@ class VLLMTextModel(Prompting):
             stop=list(params.stop) or None,
             seed=params.seed,
             logprobs=params.logprobs,
-            prompt_logprobs=params.logprobs if params.echo else None,
+            prompt_logprobs=params.prompt_top if params.scores_prompt else None,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
 
@@ -113,9 +113,9 @@ class VLLMTextModel(Prompting):
                 self._choice(o, params) for o in sorted(final.outputs, key=lambda o: o.index)
             ]
         prompt_lp = None
-        if params.echo:
-            prompt_lp = self._logprobs(prompt_ids, final.prompt_logprobs, params.logprobs or 0)
-            prompt_lp[0].logprob, prompt_lp[0].top = None, []
+        if params.scores_prompt:
+            prompt_lp = self._logprobs(prompt_ids, final.prompt_logprobs, params.prompt_top)
+            prompt_lp[0].logprob, prompt_lp[0].top, prompt_lp[0].rank = None, [], None
         text = self.tokenizer.decode(prompt_ids) if params.echo else ""
         return Completion(choices, len(prompt_ids), text, prompt_lp)
 
@@ -147,6 +147,7 @@ class VLLMTextModel(Prompting):
                     float(chosen.logprob) if chosen is not None else None,
                     alternatives,
                     offsets[i],
+                    chosen.rank if chosen is not None else None,
                 )
             )
         return out

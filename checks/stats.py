@@ -1,0 +1,73 @@
+"""The statistics a probe result needs to be read honestly: intervals and two-model tests.
+
+- Wilson score interval for a share of sampled answers (correct near 0 and 1, where the
+  normal approximation gives impossible bounds, and at the small counts a tiny model gets).
+- Two-proportion z-test (pooled) for "is the student's share different from its control's",
+  with sampled answers.
+- A paired bootstrap over questions for the log-probability probe, whose per-question shares
+  are not counts: resample questions, recompute the mean difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+_NORMAL = NormalDist()
+
+
+def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of successes / trials."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    if not 0 <= successes <= trials:
+        raise ValueError(f"{successes} successes out of {trials} trials")
+    z = _NORMAL.inv_cdf(0.5 + confidence / 2)
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    difference: float  # share of a minus share of b
+    p_value: float  # two-sided
+    low: float | None = None  # a confidence interval of the difference, where computed
+    high: float | None = None
+    method: str = ""
+
+
+def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Comparison:
+    """Two-sided pooled z-test of k1/n1 against k2/n2."""
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both samples need at least one trial")
+    p1, p2 = k1 / n1, k2 / n2
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:  # both shares 0 or both 1
+        return Comparison(p1 - p2, 1.0 if p1 == p2 else 0.0, method="two-proportion z-test")
+    p_value = 2 * (1 - _NORMAL.cdf(abs(p1 - p2) / se))
+    return Comparison(p1 - p2, p_value, method="two-proportion z-test")
+
+
+def paired_bootstrap(
+    a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0
+) -> Comparison:
+    """Mean of a minus mean of b over the same questions, resampling questions; the p-value
+    is twice the share of resampled differences on the far side of zero."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired samples of equal, non-zero length are needed")
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(diffs), size=(resamples, len(diffs)))
+    means = diffs[picks].mean(axis=1)
+    observed = float(diffs.mean())
+    below, above = float((means <= 0).mean()), float((means >= 0).mean())
+    p_value = min(1.0, 2 * min(below, above))
+    low, high = np.quantile(means, [0.025, 0.975])
+    return Comparison(observed, p_value, float(low), float(high), "paired bootstrap over questions")
