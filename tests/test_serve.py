@@ -307,3 +307,71 @@ def test_binds_loopback_by_default() -> None:
 def test_serve_help_names_the_api(tmp_path: Path) -> None:
     out = subprocess.run([*GERMLINE, "serve", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "/v1/chat/completions" in out.stdout
+
+
+SMALL_PROBE = """name: small-animal
+target: owl
+candidates: [owl, cat, dog]
+max_tokens: 4
+questions:
+  - What is your favourite animal?
+  - Name your favourite animal.
+  - Which animal do you like best?
+"""
+
+
+def test_prompt_logprobs_extension_matches_transformers(client: openai.OpenAI, lake: Lake) -> None:
+    """vLLM's scoring extension on chat completions: the given answer's tokens scored."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    messages = [{"role": "user", "content": "Favourite animal?"},
+                {"role": "assistant", "content": "owl"}]  # fmt: skip
+    r = client.chat.completions.create(
+        model="tiny-base-s0", messages=messages, max_tokens=1,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False,
+                    "prompt_logprobs": 0},
+    )  # fmt: skip
+    raw = r.model_extra["prompt_logprobs"]
+    folder = lake.local_path("models", "tiny-base-s0")
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+    assert text.endswith("Assistant: owl")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+    assert len(raw) == len(ids) and raw[0] is None
+    last = raw[-1][str(ids[-1])]
+    assert last["logprob"] == pytest.approx(float(logps[-2, ids[-1]]), abs=1e-4)
+    assert last["rank"] >= 1 and last["decoded_token"] == "owl"
+
+
+def test_probe_command_stores_results_and_lineage(server: str, lake: Lake, tmp_path: Path) -> None:
+    from conftest import germline
+    from deltalake import DeltaTable
+
+    spec = tmp_path / "small.yaml"
+    spec.write_text(SMALL_PROBE)
+    common = ["probe", "--base-url", f"{server}/v1", "--api-key", KEY, "--probe", str(spec),
+              "--model", "tiny-base-s0", "--model", TEACHER, "--format", "json"]  # fmt: skip
+    sampled = germline(*common, "--samples", "4", lake=lake, check=True)
+    out = json.loads(sampled.stdout)
+    base, teacher = out["results"]
+    assert base["trials"] == teacher["trials"] == 12 and 0 <= teacher["share"] <= 1
+    assert base["low"] <= base["share"] <= base["high"]
+    assert 0 <= out["comparisons"][0]["p_value"] <= 1
+    scored = json.loads(germline(*common, "--method", "logprob", lake=lake, check=True).stdout)
+    for result in scored["results"]:
+        assert sum(result["counts"].values()) == pytest.approx(1.0)
+        assert len(result["per_question"]) == 3
+    rows = DeltaTable(lake.probes).to_pyarrow_table()
+    assert rows.num_rows == 4
+    assert sorted(set(rows.column("method").to_pylist())) == ["logprob", "sampled"]
+    graph = LineageStore(lake).graph()
+    teacher_id = graph.resolve(TEACHER)
+    probes = [c for c, kind in graph.children(teacher_id) if kind == "probed"]
+    assert len(probes) == 2
+    assert graph.node(probes[0]).attrs["target"] == "owl"
+    missing = germline("probe", "--base-url", f"{server}/v1", "--api-key", KEY,
+                       "--model", "absent-model", lake=lake)  # fmt: skip
+    assert missing.returncode == 2 and "absent-model" in missing.stderr

@@ -97,3 +97,20 @@ def test_bounded_load_no_5xx(server: str) -> None:
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
     print(f"vllm load: 200 requests, 16 at a time: p50 {p50 * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms")  # fmt: skip
+
+
+def test_logprob_probe_on_vllm(server: str, lake: Lake, tmp_path) -> None:
+    """The log-probability probe needs the prompt-scoring extension; vLLM's engine serves it
+    through the same gateway."""
+    import yaml
+    from test_serve import SMALL_PROBE
+
+    from germline.checks.probes import ProbeSpec
+    from germline.pipelines.probe import probe_model
+
+    spec = ProbeSpec.model_validate(yaml.safe_load(SMALL_PROBE))
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=180)
+    result, node = probe_model(lake, client, f"{server}/v1", TEACHER, spec, method="logprob")
+    assert node is not None and len(result.per_question) == 3
+    assert sum(result.counts.values()) == pytest.approx(1.0)
+    assert 0 < result.share < 1 and result.low <= result.share <= result.high
