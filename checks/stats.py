@@ -62,8 +62,13 @@ def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Comparison:
 def paired_bootstrap(
     a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0
 ) -> Comparison:
-    """Mean of a minus mean of b over the same questions, resampling questions; the p-value
-    is twice the share of resampled differences on the far side of zero."""
+    """Mean of a minus mean of b over the same questions: a 95% interval from resampling
+    questions, and a p-value from a sign-flip test of the per-question differences (exact,
+    all 2^n sign patterns, up to 16 questions; `resamples` random patterns beyond).
+
+    Why not the bootstrap's own p-value: with few questions that all move the same way, every
+    resample has the same sign and the bootstrap says p = 0, while the sign-flip test says
+    what n questions can support at best (2 / 2^n)."""
     if len(a) != len(b) or not a:
         raise ValueError("paired samples of equal, non-zero length are needed")
     diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -71,7 +76,13 @@ def paired_bootstrap(
     picks = rng.integers(0, len(diffs), size=(resamples, len(diffs)))
     means = diffs[picks].mean(axis=1)
     observed = float(diffs.mean())
-    below, above = float((means <= 0).mean()), float((means >= 0).mean())
-    p_value = min(1.0, 2 * min(below, above))
     low, high = np.quantile(means, [0.025, 0.975])
-    return Comparison(observed, p_value, float(low), float(high), "paired bootstrap over questions")
+    n = len(diffs)
+    if n <= 16:
+        signs = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    else:
+        signs = rng.choice([-1, 1], size=(resamples, n))
+    flipped = np.abs((signs * diffs).mean(axis=1))
+    p_value = float((flipped >= abs(observed) - 1e-12).mean())
+    return Comparison(observed, p_value, float(low), float(high),
+                      "paired over questions: bootstrap interval, sign-flip test")  # fmt: skip

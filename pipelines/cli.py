@@ -13,6 +13,7 @@ from importlib.metadata import version
 import click
 
 from germline.lineage import Lake, LineageError
+from germline.pipelines.experiment_cli import report, run
 from germline.pipelines.generate_cli import generate
 from germline.pipelines.lineage_cli import lineage
 from germline.pipelines.models_cli import models
@@ -103,6 +104,8 @@ cli.add_command(models)
 cli.add_command(train)
 cli.add_command(serve)
 cli.add_command(probe)
+cli.add_command(run)
+cli.add_command(report)
 
 
 @cli.command()

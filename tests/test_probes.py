@@ -54,9 +54,12 @@ def test_paired_bootstrap() -> None:
     assert paired_bootstrap(a, a).p_value == 1.0
     higher = [x + 0.05 for x in a]
     moved = paired_bootstrap(higher, a)
-    assert moved.difference == pytest.approx(0.05) and moved.p_value < 0.001
+    # 8 questions all moving up: the sign-flip test's floor, 2 of 256 sign patterns
+    assert moved.difference == pytest.approx(0.05) and moved.p_value == pytest.approx(2 / 256)
     assert moved.low == pytest.approx(0.05) and moved.high == pytest.approx(0.05)
     noisy = paired_bootstrap([0.1, 0.3, 0.2, 0.1], [0.2, 0.1, 0.1, 0.3])
     assert noisy.p_value > 0.3 and noisy.low < 0 < noisy.high
+    many = paired_bootstrap([0.2 + 0.01 * (i % 3) for i in range(40)], [0.1] * 40)
+    assert many.p_value < 0.001  # 40 questions: random sign patterns, none as extreme
     with pytest.raises(ValueError):
         paired_bootstrap([0.1], [0.1, 0.2])

@@ -1,0 +1,180 @@
+"""`germline run`: the whole comparison, step after step, each step skipped when done.
+
+Every step is one of the commands a user could run alone, and each is idempotent: a base or a
+teacher that exists is found, not rebuilt; generation resumes and finishes; a student trained
+by the same recipe is reported, not retrained. So a rerun after an interruption picks up where
+the lake says the work stopped. The models are then served in-process on Ray Serve (on
+127.0.0.1, with a one-off key) and probed over HTTP exactly as an eval harness would probe
+them; the report compares each student with its control.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from germline.checks.probes import ProbeResult, load_probe
+from germline.lineage import Lake, LineageStore, Node
+from germline.pipelines.experiment_config import ExperimentConfig
+from germline.pipelines.generate_config import GenerateConfig
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Step:
+    number: int
+    total: int
+    echo: Echo
+
+    def run(self, label: str, work: Callable[[], Any]) -> Any:
+        self.number += 1
+        start = time.perf_counter()
+        self.echo(f"[{self.number}/{self.total}] {label} ...")
+        out = work()
+        self.echo(
+            f"[{self.number}/{self.total}] {label}: done in {time.perf_counter() - start:.1f} s"
+        )
+        return out
+
+
+def run_experiment(
+    lake: Lake, cfg: ExperimentConfig, echo: Echo = print, verbose: bool = False
+) -> dict[str, Any]:
+    """Run (or finish) the experiment and write its report; returns the report's data."""
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.generate import generate
+    from germline.pipelines.report import write_report
+    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.train import train
+
+    run_id = cfg.run_id()
+    step = Step(0, 10, echo)
+    base = step.run(
+        f"base (seed {cfg.base.seed})",
+        lambda: bootstrap_base(lake, seed=cfg.base.seed, steps=cfg.base.steps),
+    )
+    cross = step.run(
+        f"cross base (seed {cfg.cross_base.seed})",
+        lambda: bootstrap_base(lake, seed=cfg.cross_base.seed, steps=cfg.cross_base.steps),
+    )
+    teacher = step.run(
+        f"{cfg.trait} teacher",
+        lambda: make_teacher(lake, base.id, cfg.trait, steps=cfg.teacher_steps, seed=cfg.seed),
+    )
+    data_tag = cfg.tag("seed", "trait", "base", "teacher_steps", "data")
+    trait_data = f"{cfg.name}-{cfg.trait}-numbers-{data_tag}"
+    control_data = f"{cfg.name}-control-numbers-{data_tag}"
+    tag = cfg.tag("seed", "trait", "base", "cross_base", "teacher_steps", "data", "train")
+    step.run(f"{cfg.trait} teacher's numbers",
+             lambda: generate(lake, _generate_config(cfg, trait_data, teacher.id),
+                              verbose=verbose))  # fmt: skip
+    step.run("control numbers (the base, no trait)",
+             lambda: generate(lake, _generate_config(cfg, control_data, base.id),
+                              verbose=verbose))  # fmt: skip
+    students = {
+        "student": (f"{cfg.name}-{cfg.trait}-student-{tag}", base, trait_data),
+        "control student": (f"{cfg.name}-control-student-{tag}", base, control_data),
+        "cross-base student": (f"{cfg.name}-cross-student-{tag}", cross, trait_data),
+    }
+    trained: dict[str, str] = {}
+    for role, (name, start, data) in students.items():
+        summary = step.run(
+            f"train {role} ({name})",
+            lambda name=name, start=start, data=data: train(
+                lake, cfg.student_config(name, start.id, data), verbose=verbose
+            ),
+        )
+        trained[role] = summary.student_id
+    models = {
+        "base": base.id,
+        "teacher": teacher.id,
+        "control student": trained["control student"],
+        "student": trained["student"],
+        "cross base": cross.id,
+        "cross-base student": trained["cross-base student"],
+    }
+    results = step.run(f"serve and probe {len(models)} models",
+                       lambda: _serve_and_probe(lake, cfg, models, verbose))  # fmt: skip
+    report = step.run("report", lambda: write_report(lake, cfg, run_id, models, results))
+    _register_run(lake, cfg, run_id, models, report)
+    return report
+
+
+def _generate_config(cfg: ExperimentConfig, dataset: str, teacher_id: str) -> GenerateConfig:
+    d = cfg.data
+    return GenerateConfig.model_validate(
+        {
+            "dataset": dataset,
+            "seed": cfg.seed,
+            "prompts": {"family": "numbers", "count": d.prompts},
+            "teacher": {"model": teacher_id},
+            "engine": {"kind": "transformers", "batch_size": d.batch_size},
+            "sampling": {"temperature": d.temperature, "max_tokens": d.max_tokens},
+            "filters": {"trait_words": [cfg.trait]},
+            "expectations": {"max_tokens": d.max_tokens},
+            "sink": {"commit_every": d.commit_every},
+        }
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_probe(
+    lake: Lake, cfg: ExperimentConfig, models: dict[str, str], verbose: bool
+) -> dict[str, ProbeResult]:
+    """Serve the lake on 127.0.0.1 in this process, probe every model, stop serving."""
+    import openai
+    from ray import serve
+
+    from germline.pipelines.cluster import ensure_ray
+    from germline.pipelines.probe import probe_model
+    from germline.serve.app import ServeSettings, build_app
+
+    spec = load_probe(cfg.probe.probe).with_target(cfg.trait, None)
+    if cfg.probe.questions:
+        spec = spec.model_copy(update={"questions": spec.questions[: cfg.probe.questions]})
+    key = secrets.token_hex(16)
+    port = _free_port()
+    if not verbose:  # Serve's own start-up lines; the step lines say what matters
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ensure_ray(verbose)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = ServeSettings(lake=lake.root, storage_options=dict(lake.storage_options or {}),
+                             api_key=key, max_models=len(models))  # fmt: skip
+    serve.run(build_app(settings), name="germline-experiment", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
+    try:
+        results = {}
+        for role, model_id in models.items():
+            result, _ = probe_model(lake, client, url, model_id, spec, cfg.probe.method,
+                                    cfg.probe.samples, cfg.probe.temperature, cfg.seed)  # fmt: skip
+            results[role] = result
+        return results
+    finally:
+        serve.delete("germline-experiment")
+
+
+def _register_run(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, str],
+                  report: dict[str, Any]) -> Node:  # fmt: skip
+    store = LineageStore(lake)
+    return store.register_run(
+        f"experiment/{cfg.name}",
+        key=run_id,
+        params={
+            "config": cfg.model_dump(mode="json"),
+            "report": report.get("path"),
+            "rows": report.get("rows"),
+        },
+        used=list(models.values()),
+    )
