@@ -84,3 +84,42 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
         find_report(lake, "other")
     rows["cross-base student"].update(difference=0.1, p_value=0.01)
     assert "leakage" in render(data)
+
+
+@pytest.mark.slow
+def test_small_owl_experiment_end_to_end(tmp_path: Path) -> None:
+    """`germline run` on experiments/owl-small.yaml from an empty lake, as a user runs it:
+    every model gets a report row, every model and dataset is in lineage, and lineage says
+    the owl student is at risk from the teacher while the cross-base student is not."""
+    import subprocess
+
+    from conftest import GERMLINE
+
+    lake = Lake.resolve(tmp_path / "lake")
+    ran = subprocess.run(
+        [*GERMLINE, "--lake", lake.root, "run", str(EXPERIMENTS / "owl-small.yaml")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "[10/10] report: done" in ran.stderr
+    cfg = load_config(EXPERIMENTS / "owl-small.yaml", ExperimentConfig)
+    folder = lake.local_path("runs", cfg.run_id())
+    data = json.loads((folder / "report.json").read_text())
+    roles = [r["role"] for r in data["rows"]]
+    assert roles == ["base", "teacher", "control student", "student", "cross base",
+                     "cross-base student"]  # fmt: skip
+    assert all(0 <= r["share"] <= 1 and r["low"] <= r["share"] <= r["high"] for r in data["rows"])
+    for name in ("report.md", "shares.png", "lineage.png"):
+        assert (folder / name).stat().st_size > 0
+    graph = LineageStore(lake).graph()
+    models = {r["role"]: r["model"] for r in data["rows"]}
+    for model_id in models.values():
+        assert model_id in graph
+        assert any(kind == "probed" for _, kind in graph.children(model_id))
+    datasets = [n for n in graph.nodes() if n.kind == "dataset"]
+    assert {n.name.split("-numbers")[0] for n in datasets} >= {"owl-small-owl", "owl-small-control"}
+    at_risk = {hit.id for hit in graph.at_risk(models["teacher"])}
+    assert models["student"] in at_risk
+    assert models["cross-base student"] not in at_risk
+    assert models["control student"] not in at_risk
+    assert graph.node(graph.resolve(f"experiment/{cfg.name}")).attrs["key"] == cfg.run_id()
