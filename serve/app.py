@@ -305,9 +305,11 @@ class Gateway:
         if given != f"Bearer {key}":
             raise HTTPException(401, "Incorrect or missing API key (Authorization: Bearer KEY)")
 
-    def _served(self, ref: str) -> ServedModel:
+    async def _served(self, ref: str) -> ServedModel:
+        """The model a request names; an unknown name may re-read lineage (disk), so off the
+        event loop."""
         try:
-            return self.registry.get(ref)
+            return await asyncio.to_thread(self.registry.get, ref)
         except KeyError:
             raise HTTPException(404, f"The model '{ref}' does not exist") from None
 
@@ -324,12 +326,12 @@ class Gateway:
     @api.get("/v1/models/{model:path}")
     async def model(self, model: str, request: Request) -> dict:
         self._auth(request)
-        return self._served(model).card()
+        return (await self._served(model)).card()
 
     @api.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request) -> Any:
         self._auth(request)
-        served = self._served(body.model)
+        served = await self._served(body.model)
         params = body.params(default_max=0)  # 0: the pool fills in what the context allows
         if params.max_tokens > self.settings.max_tokens:
             return _error(400, f"max_tokens is at most {self.settings.max_tokens}", "max_tokens")
@@ -345,7 +347,7 @@ class Gateway:
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
         self._auth(request)
-        served = self._served(body.model)
+        served = await self._served(body.model)
         if body.max_tokens > self.settings.max_tokens:
             return _error(400, f"max_tokens is at most {self.settings.max_tokens}", "max_tokens")
         job = Job("text", body.params(), prompts=body.prompts)

@@ -57,7 +57,6 @@ def fit(
     on_step: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Train on `table` (rows in step order, `workers` equal shares); block until done."""
-    import ray
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -110,7 +109,6 @@ def fit(
     state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
     if not (folder / STUDENT).is_dir():
         raise RuntimeError(f"the last checkpoint {folder} holds no finished student")
-    del ray  # imported for its side effect of a connected driver only
     return FitResult(folder, int(state["step"]), [float(x) for x in state["losses"]])
 
 
