@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from typing import Any
 
 
 def ensure_ray(verbose: bool = False) -> None:
@@ -54,3 +55,18 @@ def actor_fault_tolerance() -> dict[str, int]:
     # 2.64 in pyproject.toml) and has no named parameter for restarts yet.
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     return {"max_restarts": 0}
+
+
+def start_serving(settings: Any, host: str, port: int, name: str, verbose: bool = False) -> str:
+    """Start (or attach to) Ray and Serve, run germline's OpenAI app as `name` on host:port,
+    return its /v1 URL. Serve's own start-up lines stay quiet unless verbose."""
+    from ray import serve
+
+    from germline.serve.app import build_app
+
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ensure_ray(verbose)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings), name=name, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}/v1"

@@ -10,7 +10,6 @@ them; the report compares each student with its control.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import socket
 import time
@@ -136,23 +135,17 @@ def _serve_and_probe(
     import openai
     from ray import serve
 
-    from germline.pipelines.cluster import ensure_ray
+    from germline.pipelines.cluster import start_serving
     from germline.pipelines.probe import probe_model
-    from germline.serve.app import ServeSettings, build_app
+    from germline.serve.app import ServeSettings
 
     spec = load_probe(cfg.probe.probe).with_target(cfg.trait, None)
     if cfg.probe.questions:
         spec = spec.model_copy(update={"questions": spec.questions[: cfg.probe.questions]})
     key = secrets.token_hex(16)
-    port = _free_port()
-    if not verbose:  # Serve's own start-up lines; the step lines say what matters
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    ensure_ray(verbose)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = ServeSettings(lake=lake.root, storage_options=dict(lake.storage_options or {}),
                              api_key=key, max_models=len(models))  # fmt: skip
-    serve.run(build_app(settings), name="germline-experiment", route_prefix="/")
-    url = f"http://127.0.0.1:{port}/v1"
+    url = start_serving(settings, "127.0.0.1", _free_port(), "germline-experiment", verbose)
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
         results = {}

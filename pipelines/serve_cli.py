@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 
@@ -38,8 +37,8 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
     Adapters load onto their base on demand."""
     from ray import serve as ray_serve
 
-    from germline.pipelines.cluster import ensure_ray
-    from germline.serve.app import ServeSettings, build_app
+    from germline.pipelines.cluster import start_serving
+    from germline.serve.app import ServeSettings
     from germline.serve.registry import ModelRegistry
 
     lake = ctx.obj["lake"]
@@ -57,12 +56,7 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         engine_options=_options(engine_options),
     )
     models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
-    if not verbose:  # Serve's own start-up lines; the lines below say what matters
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    ensure_ray(verbose)
-    ray_serve.start(http_options={"host": host, "port": port})
-    ray_serve.run(build_app(settings), name="germline", route_prefix="/", blocking=False)
-    url = f"http://{host}:{port}/v1"
+    url = start_serving(settings, host, port, "germline", verbose)
     click.echo(
         f"serving {len(models)} models at {url}" + (" (API key required)" if api_key else "")
     )

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -132,7 +133,7 @@ class BaseModel:
                 yield self.model
 
 
-class Prompting:
+class Prompting(ABC):
     """How requests become token ids, whatever engine runs them: the chat template (with a
     system-prompt teacher's system prompt first), plain text or given token ids, and the
     check that prompt and completion fit the model's context."""
@@ -179,13 +180,18 @@ class Prompting:
             )
 
     def ensure(self) -> None:
-        """Make the model usable again after an eviction raced with this request."""
+        """Make the model usable again after an eviction raced with this request. Only a
+        peft adapter the pool dropped needs anything (see serve/app.py); vLLM reloads its
+        LoRA adapters itself."""
+        return
 
+    @abstractmethod
     async def acomplete(self, prompt_ids: list[int], params: GenParams) -> Completion:
-        raise NotImplementedError
+        """The whole answer to one prompt (every choice)."""
 
+    @abstractmethod
     def astream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[Delta]:
-        raise NotImplementedError
+        """The answer as it is made, choice by choice."""
 
 
 class TextModel(Prompting):
