@@ -15,9 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from germline.lineage import LineageError
-from germline.lineage.schema import check_name
-from germline.pipelines.generate_config import _Strict
+from germline.pipelines.generate_config import _Strict, segment_name
 from germline.pipelines.train_config import TrainConfig
 
 
@@ -59,13 +57,7 @@ class ExperimentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        try:
-            check_name(name)
-        except LineageError as exc:
-            raise ValueError(str(exc)) from None
-        if "/" in name:
-            raise ValueError("an experiment name is one path segment: no '/'")
-        return name
+        return segment_name(name, "an experiment")
 
     @model_validator(mode="after")
     def _train_recipe(self) -> ExperimentConfig:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from germline.pipelines.output import FORMATS, emit_json, emit_table
+from germline.pipelines.output import FORMATS, emit_json, emit_table, progress_bar
 
 TOP = 5  # most frequent exact reasons shown; --format json gives them all
 
@@ -28,17 +26,8 @@ def generate(ctx: click.Context, config_file: Path, fmt: str) -> None:
 
     config = load_config(config_file)
     verbose = ctx.find_root().params.get("verbose", 0) > 0
-    with Progress(
-        TextColumn(f"generate {config.dataset}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} prompts"),
-        TextColumn("quarantined {task.fields[quarantined]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=(console := Console(stderr=True)),
-        disable=not console.is_terminal,
-    ) as bar:
+    with progress_bar(f"generate {config.dataset}", "{task.completed}/{task.total} prompts",
+                      "quarantined {task.fields[quarantined]}") as bar:  # fmt: skip
         task = bar.add_task("generate", total=config.prompts.count, quarantined=0)
 
         def progress(done: GenerateSummary) -> None:

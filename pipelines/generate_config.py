@@ -29,6 +29,18 @@ class _Strict(BaseModel):
 C = TypeVar("C", bound=BaseModel)
 
 
+def segment_name(name: str, what: str) -> str:
+    """A lineage-safe name that is also one folder of the lake: ValueError (a config error
+    naming the field) otherwise."""
+    try:
+        check_name(name)
+    except LineageError as exc:
+        raise ValueError(str(exc)) from None
+    if "/" in name:
+        raise ValueError(f"{what} name is one path segment: no '/'")
+    return name
+
+
 class PromptsConfig(_Strict):
     """Which prompts: `count` prompts of a family, ids fixed by (family, seed, index)."""
 
@@ -114,13 +126,7 @@ class GenerateConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        try:
-            check_name(name)
-        except LineageError as exc:
-            raise ValueError(str(exc)) from None
-        if "/" in name:
-            raise ValueError("a dataset name is one path segment: no '/'")
-        return name
+        return segment_name(name, "a dataset")
 
     def content_hash(self, teacher_id: str) -> str:
         """What decides the rows' content (not how fast they are made): the same hash means

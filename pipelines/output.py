@@ -37,3 +37,28 @@ def emit_table(
     for row in rows:
         table.add_row(*("-" if v is None else str(v) for v in row))
     console().print(table)
+
+
+def progress_bar(label: str, *columns: str) -> Any:
+    """The commands' progress bar on stderr: a label, the bar, the given text columns, time
+    spent and left; drawn only on a terminal and gone when done (the summary follows)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        *(TextColumn(c) for c in columns),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+        disable=not console.is_terminal,
+    )

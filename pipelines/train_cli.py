@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from germline.pipelines.output import FORMATS, emit_json, emit_table
+from germline.pipelines.output import FORMATS, emit_json, emit_table, progress_bar
 
 
 @click.command()
@@ -26,17 +24,8 @@ def train(ctx: click.Context, config_file: Path, fmt: str) -> None:
 
     config = load_config(config_file, TrainConfig)
     verbose = ctx.find_root().params.get("verbose", 0) > 0
-    with Progress(
-        TextColumn(f"train {config.student}"),
-        BarColumn(),
-        TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-        console=(console := Console(stderr=True)),
-        disable=not console.is_terminal,
-    ) as bar:
+    with progress_bar(f"train {config.student}", "step {task.completed}/{task.total}",
+                      "loss {task.fields[loss]}") as bar:  # fmt: skip
         task = bar.add_task("train", total=None, loss="-")
 
         def progress(step: int, steps: int, loss: float) -> None:

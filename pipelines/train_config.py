@@ -13,9 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from germline.lineage import LineageError
-from germline.lineage.schema import check_name
-from germline.pipelines.generate_config import _Strict
+from germline.pipelines.generate_config import _Strict, segment_name
 from germline.pipelines.teacher import LORA_TARGETS
 
 
@@ -112,13 +110,7 @@ class TrainConfig(_Strict):
     @field_validator("student")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        try:
-            check_name(name)
-        except LineageError as exc:
-            raise ValueError(str(exc)) from None
-        if "/" in name:
-            raise ValueError("a model name is one path segment: no '/'")
-        return name
+        return segment_name(name, "a model")
 
     def content_hash(self, base_id: str, dataset_id: str, teacher_id: str | None) -> str:
         """What decides the student's weights (not where or how fast it trains): the same hash

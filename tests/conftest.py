@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from germline.checks import NumberFormatError, parse_numbers
@@ -111,3 +112,9 @@ def parses(text: str) -> bool:
     except NumberFormatError:
         return False
     return True
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    """A config dict as the YAML file a user would write."""
+    path.write_text(yaml.safe_dump(raw))
+    return path

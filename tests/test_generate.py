@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
-from conftest import GERMLINE, assert_generate_commits, germline
+from conftest import GERMLINE, assert_generate_commits, germline, write_config
 from deltalake import DeltaTable
 
 from germline.lineage import EdgeKind, Lake, LineageStore
@@ -63,11 +62,6 @@ def config(dataset: str, count: int, **over: object) -> dict:
     for key, value in over.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return raw
-
-
-def write_config(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def all_ids(lake: Lake, name: str) -> list[str]:

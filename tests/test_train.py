@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
-from conftest import GERMLINE, germline
+from conftest import GERMLINE, germline, write_config
 from deltalake import DeltaTable, write_deltalake
 from safetensors.torch import load_file
 
@@ -68,11 +67,6 @@ def raw_config(student: str, **over: object) -> dict:
     for key, value in over.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return raw
-
-
-def write_config(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def data_loss(lake: Lake, model_dir: str, rows: int = 128) -> float:
