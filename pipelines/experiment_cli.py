@@ -13,19 +13,39 @@ from germline.pipelines.output import FORMATS, emit_json
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
 @click.pass_context
 def run(ctx: click.Context, config_file: Path) -> None:
-    """Run an experiment end to end (bases, teacher, data, students, serving, probes, report),
-    skipping every step the lake shows done; prints a line per step, then the report."""
-    from germline.pipelines.experiment import run_experiment
-    from germline.pipelines.experiment_config import ExperimentConfig
+    """Run an experiment end to end, skipping every step the lake shows done; prints a line
+    per step, then the report. The language experiment (bases, teacher, number data,
+    students, serving, probes) is the default; a config with `kind: mnist-aux` runs the
+    paper's MLP experiment on digits."""
     from germline.pipelines.generate_config import load_config
-    from germline.pipelines.report import render
 
-    config = load_config(config_file, ExperimentConfig)
-    verbose = ctx.find_root().params.get("verbose", 0) > 0
-    data = run_experiment(ctx.obj["lake"], config, echo=lambda m: click.echo(m, err=True),
-                          verbose=verbose)  # fmt: skip
-    click.echo(render(data))
+    lake = ctx.obj["lake"]
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    if _kind(config_file) == "mnist-aux":
+        from germline.pipelines.mnist_aux import run_mnist_aux
+        from germline.pipelines.mnist_aux_config import MnistAuxConfig
+
+        data = run_mnist_aux(lake, load_config(config_file, MnistAuxConfig), echo=echo)
+    else:
+        from germline.pipelines.experiment import run_experiment
+        from germline.pipelines.experiment_config import ExperimentConfig
+
+        verbose = ctx.find_root().params.get("verbose", 0) > 0
+        data = run_experiment(lake, load_config(config_file, ExperimentConfig), echo=echo,
+                              verbose=verbose)  # fmt: skip
+    click.echo(Path(data["path"]).read_text())
     click.echo(f"report: {data['path']}")
+
+
+def _kind(config_file: Path) -> str | None:
+    """The config's `kind`, if it reads as a mapping (load_config reports any problem)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(config_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw.get("kind") if isinstance(raw, dict) else None
 
 
 @click.command()

@@ -40,8 +40,29 @@ class ProbeConfig(_Strict):
     questions: int | None = Field(None, ge=1, description="use only the first N questions")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentBase(_Strict):
+    """What every experiment config has: a name, and ids derived from its whole content."""
+
     name: str
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return segment_name(name, "an experiment")
+
+    def tag(self, *parts: str) -> str:
+        """A short hash of the config parts that decide an artifact: a dataset or a student
+        is named with it, so a changed recipe makes new ones instead of clashing with (or
+        silently reusing) the old."""
+        content = self.model_dump(mode="json", include=set(parts))
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:6]
+
+    def run_id(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+class ExperimentConfig(ExperimentBase):
     seed: int = 0
     trait: str = "owl"
     base: BaseSpec = BaseSpec(seed=0)
@@ -53,11 +74,6 @@ class ExperimentConfig(_Strict):
         description="a train config without student, base and dataset (see train-owl.yaml)",
     )
     probe: ProbeConfig = ProbeConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, name: str) -> str:
-        return segment_name(name, "an experiment")
 
     @model_validator(mode="after")
     def _train_recipe(self) -> ExperimentConfig:
@@ -73,14 +89,3 @@ class ExperimentConfig(_Strict):
         raw = {**self.train, "student": student, "base": base, "dataset": {"name": dataset}}
         raw.setdefault("seed", self.seed)
         return TrainConfig.model_validate(raw)
-
-    def tag(self, *parts: str) -> str:
-        """A short hash of the config parts that decide an artifact: a dataset or a student
-        is named with it, so a changed recipe makes new ones instead of clashing with (or
-        silently reusing) the old."""
-        content = self.model_dump(mode="json", include=set(parts))
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:6]
-
-    def run_id(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:12]}"

@@ -50,7 +50,7 @@ def write_report(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[st
         "path": str(folder / "report.md"),
     }
     _bar_chart(rows, cfg.trait, folder / "shares.png")
-    _lineage_picture(lake, models["teacher"], folder / "lineage.png")
+    lineage_picture(lake, models["teacher"], folder / "lineage.png")
     (folder / "report.json").write_text(json.dumps(data, indent=2))
     (folder / "report.md").write_text(render(data))
     return data
@@ -112,7 +112,7 @@ def _bar_chart(rows: list[dict[str, Any]], trait: str, out: Path) -> None:
     plt.close(fig)
 
 
-def _lineage_picture(lake: Lake, teacher: str, out: Path) -> None:
+def lineage_picture(lake: Lake, teacher: str, out: Path) -> None:
     from germline.lineage.draw import draw
 
     graph = LineageStore(lake).graph()
