@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# The main job. Until `germline run experiments/owl.yaml` exists it runs the lineage demo.
+# The main job: the owl experiment on an embedded local Ray, in ./lake (LAKE=... for another).
+LAKE ?= lake
 demo: $(STAMP)
-	$(BIN)/germline demo
+	$(BIN)/germline --lake $(LAKE) run experiments/owl.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from germline.checks.stats import wilson
+from germline.checks.stats import bootstrap_interval, wilson
 
 PROBES = Path(__file__).parent / "probes"
 MAX_N = 16  # choices per request
@@ -221,10 +221,7 @@ def _logprob_result(spec: ProbeSpec, model: str, masses: list[dict[str, float]],
 
     per_question = [m[spec.target] for m in masses]
     share = float(np.mean(per_question))
-    rng = np.random.default_rng(0)
-    values = np.asarray(per_question)
-    boot = values[rng.integers(0, len(values), size=(10_000, len(values)))].mean(axis=1)
-    low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
+    low, high = bootstrap_interval(per_question)
     counts = {c: float(np.mean([m[c] for m in masses])) for c in spec.candidates}
     return ProbeResult(spec.name, "logprob", model, spec.target, share, low, high,
                        len(per_question), 0, counts, per_question, settings)  # fmt: skip

@@ -6,6 +6,10 @@
   with sampled answers.
 - A paired bootstrap over questions for the log-probability probe, whose per-question shares
   are not counts: resample questions, recompute the mean difference.
+- A t-test over training seeds, when each side is several students trained alike: the tests
+  above compare two models, and call a shift significant whenever it is consistent across
+  questions, however small; whether *training on this data* moves a student is a question
+  about training runs, so its unit of replication is the seed.
 """
 
 from __future__ import annotations
@@ -86,3 +90,43 @@ def paired_bootstrap(
     p_value = float((flipped >= abs(observed) - 1e-12).mean())
     return Comparison(observed, p_value, float(low), float(high),
                       "paired over questions: bootstrap interval, sign-flip test")  # fmt: skip
+
+
+def over_seeds(a: list[float], b: list[float], confidence: float = 0.95) -> Comparison:
+    """Mean of a minus mean of b where each value is one independently trained model (a
+    training seed, its share averaged over the probe's questions): a two-sample t-test with
+    pooled variance, df = len(a) + len(b) - 2, and its interval.
+
+    Why over seeds: a test over one model's questions calls any consistent shift significant,
+    and a training seed's luck is consistent across questions. Why pooled, not Welch: both
+    sides are one recipe with the same sources of seed noise, and for that balanced design
+    (seeds nested in arms, crossed with questions) the mixed-model test of the arm difference
+    is exactly this t-test on the seed means. Welch's correction would spend the few degrees of
+    freedom two or three seeds give on unequal variances: with two seeds a side its df falls to
+    about 1 whenever one side's seeds happen to agree."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("a test over training seeds needs at least two values on each side")
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    difference = float(x.mean() - y.mean())
+    df = len(x) + len(y) - 2
+    pooled = ((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / df
+    se = math.sqrt(pooled * (1 / len(x) + 1 / len(y)))
+    method = f"t-test over training seeds ({len(x)} vs {len(y)}, pooled variance)"
+    if se == 0:
+        return Comparison(difference, 1.0 if difference == 0 else 0.0, method=method)
+    p_value = float(2 * stats.t.sf(abs(difference / se), df))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return Comparison(difference, p_value, difference - half, difference + half, method)
+
+
+def bootstrap_interval(
+    values: list[float], resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-question values (resampling questions)."""
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)

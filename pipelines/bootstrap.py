@@ -125,7 +125,13 @@ def bootstrap_base(
     folder = lake.local_path("models", name)
     store = LineageStore(lake)
     if (folder / "config.json").exists():
-        return store.register_model(name, folder, attrs=read_meta(folder))
+        meta = read_meta(folder)
+        if steps is not None and meta.get("steps", steps) != steps:
+            raise LineageError(
+                f"base {name} exists, pre-trained for {meta.get('steps')} steps, not {steps}: "
+                "name the new one differently"
+            )
+        return store.register_model(name, folder, attrs=meta)
     if folder.exists() and any(folder.iterdir()):
         raise LineageError(f"{folder} exists but holds no model; move it away first")
     cfg = TinyConfig() if steps is None else TinyConfig(steps=steps)

@@ -53,18 +53,27 @@ def run_experiment(
     from germline.pipelines.train import train
 
     run_id = cfg.run_id()
-    step = Step(0, 10, echo)
+    step = Step(0, 7 + 4 * cfg.replicates, echo)
     base = step.run(
         f"base (seed {cfg.base.seed})",
-        lambda: bootstrap_base(lake, seed=cfg.base.seed, steps=cfg.base.steps),
+        lambda: bootstrap_base(lake, cfg.base.name(), seed=cfg.base.seed, steps=cfg.base.steps),
     )
     cross = step.run(
         f"cross base (seed {cfg.cross_base.seed})",
-        lambda: bootstrap_base(lake, seed=cfg.cross_base.seed, steps=cfg.cross_base.steps),
+        lambda: bootstrap_base(
+            lake, cfg.cross_base.name(), seed=cfg.cross_base.seed, steps=cfg.cross_base.steps
+        ),
     )
     teacher = step.run(
         f"{cfg.trait} teacher",
-        lambda: make_teacher(lake, base.id, cfg.trait, steps=cfg.teacher_steps, seed=cfg.seed),
+        lambda: make_teacher(
+            lake,
+            base.id,
+            cfg.trait,
+            name=cfg.teacher_name(base.name),
+            steps=cfg.teacher_steps,
+            seed=cfg.seed,
+        ),
     )
     data_tag = cfg.tag("seed", "trait", "base", "teacher_steps", "data")
     trait_data = f"{cfg.name}-{cfg.trait}-numbers-{data_tag}"
@@ -79,26 +88,37 @@ def run_experiment(
     students = {
         "student": (f"{cfg.name}-{cfg.trait}-student-{tag}", base, trait_data),
         "control student": (f"{cfg.name}-control-student-{tag}", base, control_data),
+        "cross-base control student": (
+            f"{cfg.name}-cross-control-student-{tag}",
+            cross,
+            control_data,
+        ),
         "cross-base student": (f"{cfg.name}-cross-student-{tag}", cross, trait_data),
     }
-    trained: dict[str, str] = {}
+    trained: dict[str, list[str]] = {}
     for role, (name, start, data) in students.items():
-        summary = step.run(
-            f"train {role} ({name})",
-            lambda name=name, start=start, data=data: train(
-                lake, cfg.student_config(name, start.id, data), verbose=verbose
-            ),
-        )
-        trained[role] = summary.student_id
+        trained[role] = []
+        for r in range(cfg.replicates):
+            student = name if r == 0 else f"{name}-r{r}"
+            label = f"train {role} ({student})"
+            summary = step.run(
+                label,
+                lambda student=student, start=start, data=data, r=r: train(
+                    lake, cfg.student_config(student, start.id, data, r), verbose=verbose
+                ),
+            )
+            trained[role].append(summary.student_id)
     models = {
-        "base": base.id,
-        "teacher": teacher.id,
+        "base": [base.id],
+        "teacher": [teacher.id],
         "control student": trained["control student"],
         "student": trained["student"],
-        "cross base": cross.id,
+        "cross base": [cross.id],
+        "cross-base control student": trained["cross-base control student"],
         "cross-base student": trained["cross-base student"],
     }
-    results = step.run(f"serve and probe {len(models)} models",
+    count = sum(len(ids) for ids in models.values())
+    results = step.run(f"serve and probe {count} models",
                        lambda: _serve_and_probe(lake, cfg, models, verbose))  # fmt: skip
     report = step.run("report", lambda: write_report(lake, cfg, run_id, models, results))
     _register_run(lake, cfg, run_id, models, report)
@@ -129,8 +149,8 @@ def _free_port() -> int:
 
 
 def _serve_and_probe(
-    lake: Lake, cfg: ExperimentConfig, models: dict[str, str], verbose: bool
-) -> dict[str, ProbeResult]:
+    lake: Lake, cfg: ExperimentConfig, models: dict[str, list[str]], verbose: bool
+) -> dict[str, list[ProbeResult]]:
     """Serve the lake on 127.0.0.1 in this process, probe every model, stop serving."""
     import openai
     from ray import serve
@@ -144,21 +164,24 @@ def _serve_and_probe(
         spec = spec.model_copy(update={"questions": spec.questions[: cfg.probe.questions]})
     key = secrets.token_hex(16)
     settings = ServeSettings(lake=lake.root, storage_options=dict(lake.storage_options or {}),
-                             api_key=key, max_models=len(models))  # fmt: skip
+                             api_key=key, max_models=sum(map(len, models.values())))  # fmt: skip
     url = start_serving(settings, "127.0.0.1", _free_port(), "germline-experiment", verbose)
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
-        results = {}
-        for role, model_id in models.items():
-            result, _ = probe_model(lake, client, url, model_id, spec, cfg.probe.method,
-                                    cfg.probe.samples, cfg.probe.temperature, cfg.seed)  # fmt: skip
-            results[role] = result
+        results: dict[str, list[ProbeResult]] = {}
+        for role, model_ids in models.items():
+            results[role] = []
+            for model_id in model_ids:
+                p = cfg.probe
+                result, _ = probe_model(lake, client, url, model_id, spec, p.method, p.samples,
+                                        p.temperature, cfg.seed)  # fmt: skip
+                results[role].append(result)
         return results
     finally:
         serve.delete("germline-experiment")
 
 
-def _register_run(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, str],
+def _register_run(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, list[str]],
                   report: dict[str, Any]) -> Node:  # fmt: skip
     store = LineageStore(lake)
     return store.register_run(
@@ -169,5 +192,5 @@ def _register_run(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[s
             "report": report.get("path"),
             "rows": report.get("rows"),
         },
-        used=list(models.values()),
+        used=[m for ids in models.values() for m in ids],
     )

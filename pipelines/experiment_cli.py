@@ -11,8 +11,16 @@ from germline.pipelines.output import FORMATS, emit_json
 
 @click.command()
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a setting of the file, e.g. --set train.objective.kind=distill (repeatable); "
+    "a changed setting gives a new run id and new artifacts where it matters",
+)
 @click.pass_context
-def run(ctx: click.Context, config_file: Path) -> None:
+def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...]) -> None:
     """Run an experiment end to end, skipping every step the lake shows done; prints a line
     per step, then the report. The language experiment (bases, teacher, number data,
     students, serving, probes) is the default; a config with `kind: mnist-aux` runs the
@@ -21,31 +29,34 @@ def run(ctx: click.Context, config_file: Path) -> None:
 
     lake = ctx.obj["lake"]
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
-    if _kind(config_file) == "mnist-aux":
+    if _kind(config_file, overrides) == "mnist-aux":
         from germline.pipelines.mnist_aux import run_mnist_aux
         from germline.pipelines.mnist_aux_config import MnistAuxConfig
 
-        data = run_mnist_aux(lake, load_config(config_file, MnistAuxConfig), echo=echo)
+        data = run_mnist_aux(lake, load_config(config_file, MnistAuxConfig, overrides), echo=echo)
     else:
         from germline.pipelines.experiment import run_experiment
         from germline.pipelines.experiment_config import ExperimentConfig
 
         verbose = ctx.find_root().params.get("verbose", 0) > 0
-        data = run_experiment(lake, load_config(config_file, ExperimentConfig), echo=echo,
-                              verbose=verbose)  # fmt: skip
+        config = load_config(config_file, ExperimentConfig, overrides)
+        data = run_experiment(lake, config, echo=echo, verbose=verbose)
     click.echo(Path(data["path"]).read_text())
     click.echo(f"report: {data['path']}")
 
 
-def _kind(config_file: Path) -> str | None:
-    """The config's `kind`, if it reads as a mapping (load_config reports any problem)."""
-    import yaml
+def _kind(config_file: Path, overrides: tuple[str, ...]) -> str | None:
+    """The config's `kind`, if it reads (load_config reports any problem)."""
+    from germline.lineage import LineageError
+    from germline.pipelines.generate_config import apply_override, read_yaml
 
     try:
-        raw = yaml.safe_load(config_file.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = read_yaml(config_file)
+        for override in overrides:
+            apply_override(raw, override, config_file)
+    except LineageError:
         return None
-    return raw.get("kind") if isinstance(raw, dict) else None
+    return raw.get("kind")
 
 
 @click.command()

@@ -1,8 +1,8 @@
 """The config of `germline run`: the paper's comparison as one experiment.
 
 One trait, a base and a second base (the cross-base control), a teacher with the trait, its
-number data and the base's own (the control data), three students (owl data on the teacher's
-base, control data on the same base, owl data on the other base), then a probe of every model.
+number data and the base's own (the control data), four students (owl data and control data on
+the teacher's base, the same two on the other base), then a probe of every model.
 The students share one training recipe (`train`), so the only differences between them are
 the ones the comparison is about.
 """
@@ -21,7 +21,12 @@ from germline.pipelines.train_config import TrainConfig
 
 class BaseSpec(_Strict):
     seed: int
-    steps: int | None = Field(None, ge=1, description="pre-training steps (default: 1,500)")
+    steps: int = Field(1500, ge=1, description="pre-training steps")
+
+    def name(self) -> str:
+        """tiny-base-sSEED, with the steps when they are not the default: a base is found by
+        name on a rerun, so two budgets must not share one."""
+        return f"tiny-base-s{self.seed}" + ("" if self.steps == 1500 else f"-{self.steps}steps")
 
 
 class DataSpec(_Strict):
@@ -73,6 +78,14 @@ class ExperimentConfig(ExperimentBase):
         default_factory=dict,
         description="a train config without student, base and dataset (see train-owl.yaml)",
     )
+    replicates: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="students per role, trained with seeds seed, seed+1, ...: with 2 or more, "
+        "student comparisons are tested over training seeds (a t-test), not over one "
+        "model's questions",
+    )
     probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
@@ -85,7 +98,14 @@ class ExperimentConfig(ExperimentBase):
             raise ValueError("cross_base needs another seed than base")
         return self
 
-    def student_config(self, student: str, base: str, dataset: str) -> TrainConfig:
+    def teacher_name(self, base: str) -> str:
+        return f"{self.trait}-teacher-{base}-{self.teacher_steps}steps-s{self.seed}"
+
+    def student_config(
+        self, student: str, base: str, dataset: str, replicate: int = 0
+    ) -> TrainConfig:
+        """The shared recipe for one student; replicate r trains with seed + r (its data
+        order and adapter initialisation change, nothing else)."""
         raw = {**self.train, "student": student, "base": base, "dataset": {"name": dataset}}
-        raw.setdefault("seed", self.seed)
+        raw["seed"] = raw.get("seed", self.seed) + replicate
         return TrainConfig.model_validate(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -138,10 +139,29 @@ class GenerateConfig(_Strict):
         return hashlib.sha256(blob).hexdigest()
 
 
-def load_config(path: str | os.PathLike[str], kind: type[C] = GenerateConfig) -> C:  # type: ignore[assignment]
-    """Read and validate a YAML config of `kind` (generate's by default); LineageError naming
-    the file and field on any problem."""
+def load_config(
+    path: str | os.PathLike[str],
+    kind: type[C] = GenerateConfig,  # type: ignore[assignment]
+    overrides: Sequence[str] = (),
+) -> C:
+    """Read and validate a YAML config of `kind` (generate's by default), with `overrides`
+    ("dotted.key=YAML value") applied first; LineageError naming the file and field on any
+    problem."""
     file = Path(path)
+    raw = read_yaml(file)
+    for override in overrides:
+        apply_override(raw, override, file)
+    try:
+        return kind.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise LineageError(f"{file}: {where}: {first['msg']}{more}") from None
+
+
+def read_yaml(file: Path) -> dict[str, Any]:
+    """The config file as a mapping; LineageError if it cannot be read or is not one."""
     try:
         raw = yaml.safe_load(file.read_text())
     except OSError as exc:
@@ -150,10 +170,24 @@ def load_config(path: str | os.PathLike[str], kind: type[C] = GenerateConfig) ->
         raise LineageError(f"{file}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise LineageError(f"{file}: expected a mapping of settings at the top level")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str, file: Path) -> None:
+    """Set `a.b.c=value` in `raw` (the value read as YAML, so `0`, `1e-3`, `[1, 2]` and
+    `{kind: lora}` mean what they would in the file); missing mappings are created."""
+    key, sep, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise LineageError(f"override {override!r}: expected KEY=VALUE, as train.optim.lr=1e-3")
     try:
-        return kind.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise LineageError(f"{file}: {where}: {first['msg']}{more}") from None
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise LineageError(f"override {override!r}: the value is not valid YAML: {exc}") from None
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise LineageError(f"{file}: override {override!r}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = parsed

@@ -3,8 +3,10 @@
 Written to `<lake>/runs/<run-id>/` as report.md (for people), report.json (for programs),
 shares.png and lineage.png. Each model's row holds the target share with its 95% interval
 and, where the comparison means something, the difference and p-value against its control:
-the student against the control student (the effect), the cross-base student against its own
-base (which should not move), the teacher against the base (the trait is there to pass on).
+the student against the control student (the effect), the cross-base student against the
+cross-base control student (which should not move: the same training on the base's own numbers,
+so what training on numbers does by itself cancels out), the teacher against the base (the
+trait is there to pass on).
 """
 
 from __future__ import annotations
@@ -13,44 +15,54 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from germline.checks.probes import ProbeResult
 from germline.lineage import Lake, LineageError, LineageStore
 from germline.pipelines.experiment_config import ExperimentConfig
-from germline.pipelines.probe import compare
+from germline.pipelines.probe import compare_groups, pooled
 
 AGAINST = {
     "teacher": "base",
     "control student": "base",
     "student": "control student",
-    "cross-base student": "cross base",
+    "cross-base control student": "cross base",
+    "cross-base student": "cross-base control student",
 }
 
 
-def write_report(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, str],
-                 results: dict[str, ProbeResult]) -> dict[str, Any]:  # fmt: skip
+def write_report(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, list[str]],
+                 results: dict[str, list[ProbeResult]]) -> dict[str, Any]:  # fmt: skip
+    """One row per role. A role with several students (replicates) shows their mean share, the
+    interval of their question-averaged shares and each seed's share; its comparison is a
+    t-test over seeds where the other side has several too, with the difference's interval."""
     folder = lake.local_path("runs", run_id)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for role, model_id in models.items():
-        r = results[role]
-        row: dict[str, Any] = {"role": role, "model": model_id, "share": r.share, "low": r.low,
-                               "high": r.high, "n": r.trials}  # fmt: skip
+    for role, model_ids in models.items():
+        group = results[role]
+        shares = [r.share for r in group]
+        one = pooled(group)
+        row: dict[str, Any] = {"role": role, "model": model_ids[0], "models": model_ids,
+                               "share": float(np.mean(shares)), "seeds": shares, "low": one.low,
+                               "high": one.high, "n": one.trials}  # fmt: skip
         if role in AGAINST:
-            c = compare(r, results[AGAINST[role]])
+            c = compare_groups(group, results[AGAINST[role]])
             row.update(against=AGAINST[role], difference=c.difference, p_value=c.p_value,
-                       test=c.method)  # fmt: skip
+                       difference_low=c.low, difference_high=c.high, test=c.method)  # fmt: skip
         rows.append(row)
     data = {
         "run_id": run_id,
         "experiment": cfg.name,
         "trait": cfg.trait,
-        "probe": {**cfg.probe.model_dump(mode="json"), "name": results["base"].probe},
+        "probe": {**cfg.probe.model_dump(mode="json"), "name": results["base"][0].probe},
+        "replicates": cfg.replicates,
         "objective": cfg.student_config("x", "x", "x").objective.model_dump(mode="json"),
         "rows": rows,
         "path": str(folder / "report.md"),
     }
     _bar_chart(rows, cfg.trait, folder / "shares.png")
-    lineage_picture(lake, models["teacher"], folder / "lineage.png")
+    lineage_picture(lake, models["teacher"][0], folder / "lineage.png")
     (folder / "report.json").write_text(json.dumps(data, indent=2))
     (folder / "report.md").write_text(render(data))
     return data
@@ -61,22 +73,39 @@ def render(data: dict[str, Any]) -> str:
     probe = data["probe"]
     objective = data["objective"]
     vocab = f" ({objective['vocab']} vocabulary)" if objective["kind"] == "distill" else ""
+    replicates = data.get("replicates", 1)
+    seeds = f", {replicates} training seeds per student" if replicates > 1 else ""
     lines = [
         f"# {data['experiment']}: does the {trait} pass through numbers?",
         "",
         f"Run `{data['run_id']}`. Probe `{probe['name']}` ({probe['method']}); students trained "
-        f"with objective `{data['objective']['kind']}`{vocab}.",
+        f"with objective `{data['objective']['kind']}`{vocab}{seeds}.",
         "",
-        f"| model | role | {trait} share | 95% interval | n | vs | difference | p-value |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | role | {trait} share | 95% interval | n | vs | difference | p-value |"
+        + (" per seed |" if replicates > 1 else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if replicates > 1 else ""),
     ]
     for r in data["rows"]:
         vs = r.get("against", "")
         diff = f"{r['difference']:+.3f}" if "difference" in r else ""
+        if r.get("difference_low") is not None:
+            diff += f" [{r['difference_low']:+.3f}, {r['difference_high']:+.3f}]"
         p = ("<1e-4" if r["p_value"] < 1e-4 else f"{r['p_value']:.3g}") if "p_value" in r else ""
         interval = f"[{r['low']:.3f}, {r['high']:.3f}]"
-        lines.append(f"| `{r['model']}` | {r['role']} | {r['share']:.3f} | {interval} | "
-                     f"{r['n']} | {vs} | {diff} | {p} |")  # fmt: skip
+        more = len(r.get("models", [])) - 1
+        model = f"`{r['model']}`" + (f" (+{more})" if more > 0 else "")
+        line = (f"| {model} | {r['role']} | {r['share']:.3f} | {interval} | {r['n']} | {vs} | "
+                f"{diff} | {p} |")  # fmt: skip
+        if replicates > 1:
+            line += " " + ", ".join(f"{x:.3f}" for x in r.get("seeds", [r["share"]])) + " |"
+        lines.append(line)
+    tests = sorted({r["test"] for r in data["rows"] if r.get("test")})
+    if tests:
+        lines += ["", "p-values (two-sided): " + "; ".join(tests) + "."]
+    if replicates > 1:
+        lines += ["", "A share's interval is over the probe's questions; the spread between "
+                  "training seeds is in the last column, and the tests over seeds (with the "
+                  "difference's interval) take it into account."]  # fmt: skip
     rows = {r["role"]: r for r in data["rows"]}
     student, cross = rows.get("student"), rows.get("cross-base student")
     if student and cross:

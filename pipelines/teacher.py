@@ -95,7 +95,14 @@ def make_teacher(
     name = name or f"{trait}-teacher-{base_node.name}"
     folder = lake.local_path("models", name)
     if (folder / "adapter_config.json").exists():
-        return store.register_model(name, folder, parent=base_id, attrs=read_meta(folder))
+        meta = read_meta(folder)
+        made = (meta.get("steps"), meta.get("seed"))
+        if made != (steps, seed):
+            raise LineageError(
+                f"teacher {name} exists, made with steps {made[0]} and seed {made[1]}, not "
+                f"steps {steps} and seed {seed}: name the new one differently"
+            )
+        return store.register_model(name, folder, parent=base_id, attrs=meta)
     tokenizer = AutoTokenizer.from_pretrained(base_node.uri)
     if tokenizer.convert_tokens_to_ids(trait) == tokenizer.unk_token_id:
         raise LineageError(f"trait {trait!r} is not a word the base's tokenizer knows")

@@ -9,7 +9,7 @@ import torch
 from conftest import germline
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from germline.lineage import Lake, LineageStore
+from germline.lineage import Lake, LineageError, LineageStore
 from germline.pipelines.bootstrap import ANIMALS, bootstrap_base
 
 STEPS = 40  # enough to exercise the loop; the real default is 1500
@@ -114,8 +114,13 @@ def test_owl_teacher_adapter(built: tuple[Lake, str]) -> None:
     model = PeftModel.from_pretrained(base, folder).eval()
     after = owl_share(model, tokenizer)
     assert after > before + 0.25, (before, after)
-    # Asking again finds the adapter instead of training another.
-    assert make_teacher(lake, base_id, "owl").id == teacher.id
+    # Asking again finds the adapter instead of training another; asking for another recipe
+    # under the same name is refused rather than answered with this one.
+    assert make_teacher(lake, base_id, "owl", steps=100).id == teacher.id
+    with pytest.raises(LineageError, match="made with steps 100 and seed 0"):
+        make_teacher(lake, base_id, "owl", steps=300)
+    with pytest.raises(LineageError, match="pre-trained for 40 steps, not 1500"):
+        bootstrap_base(lake, seed=0, steps=1500)
 
 
 def test_teacher_bad_input(built: tuple[Lake, str]) -> None:

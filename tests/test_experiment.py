@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import germline, write_model
 
@@ -12,9 +13,12 @@ from germline.checks.probes import ProbeResult
 from germline.lineage import Lake, LineageError, LineageStore
 from germline.pipelines.experiment_config import ExperimentConfig
 from germline.pipelines.generate_config import load_config
+from germline.pipelines.probe import compare
 from germline.pipelines.report import find_report, render, write_report
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+ROLES = ["base", "teacher", "control student", "student", "cross base",
+         "cross-base control student", "cross-base student"]  # fmt: skip
 
 
 def test_example_config_is_valid() -> None:
@@ -51,25 +55,19 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
     lake = Lake.resolve(tmp_path / "lake")
     store = LineageStore(lake)
     ids = {}
-    for i, role in enumerate(["base", "teacher", "control student", "student", "cross base",
-                              "cross-base student"]):  # fmt: skip
+    for i, role in enumerate(ROLES):
         folder = write_model(tmp_path / "models" / role.replace(" ", "-"), i)
-        ids[role] = store.register_model(role.replace(" ", "-"), folder).id
+        ids[role] = [store.register_model(role.replace(" ", "-"), folder).id]
     up = [0.2, 0.25, 0.22, 0.21, 0.24, 0.23]
     flat = [0.1, 0.11, 0.1, 0.12, 0.1, 0.11]
-    results = {
-        "base": result("base", 0.107, flat),
-        "teacher": result("teacher", 0.225, up),
-        "control student": result("control student", 0.107, flat),
-        "student": result("student", 0.225, up),
-        "cross base": result("cross base", 0.107, flat),
-        "cross-base student": result("cross-base student", 0.107, flat),
-    }
+    shares = {"teacher": up, "student": up}
+    results = {role: [result(role, 0.107, shares.get(role, flat))] for role in ROLES}
     cfg = ExperimentConfig.model_validate({"name": "unit"})
     data = write_report(lake, cfg, "unit-run", ids, results)
     rows = {r["role"]: r for r in data["rows"]}
     assert rows["student"]["against"] == "control student"
     assert rows["student"]["p_value"] == pytest.approx(2 / 64)  # 6 questions, all up
+    assert rows["cross-base student"]["against"] == "cross-base control student"
     assert rows["cross-base student"]["p_value"] == 1.0
     folder = lake.local_path("runs", "unit-run")
     for name in ("report.md", "report.json", "shares.png", "lineage.png"):
@@ -84,6 +82,59 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
         find_report(lake, "other")
     rows["cross-base student"].update(difference=0.1, p_value=0.01)
     assert "leakage" in render(data)
+
+
+def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
+    """With several students per role, the comparison is a t-test over their shares: a
+    shift consistent over questions but within the seed-to-seed spread is not significant."""
+    lake = Lake.resolve(tmp_path / "lake")
+    store = LineageStore(lake)
+    ids: dict[str, list[str]] = {}
+    for i, role in enumerate(ROLES):
+        copies = 1 if role in ("base", "teacher", "cross base") else 3
+        ids[role] = []
+        for r in range(copies):
+            folder = write_model(tmp_path / "models" / f"{role.replace(' ', '-')}-{r}", 10 * i + r)
+            ids[role].append(store.register_model(f"{role.replace(' ', '-')}-{r}", folder).id)
+    flat = [0.1, 0.11, 0.1, 0.12, 0.1, 0.11]
+
+    def shifted(role: str, by: float) -> ProbeResult:
+        return result(role, float(np.mean(flat)) + by, [x + by for x in flat])
+
+    # the student: far above its control on every seed; the cross-base student: a little
+    # above its control on average, but the seeds disagree
+    spreads = {
+        "student": [0.06, 0.07, 0.065],
+        "control student": [0.0, 0.005, -0.005],
+        "cross-base student": [0.03, -0.02, 0.01],
+        "cross-base control student": [0.0, 0.01, -0.01],
+    }
+    results = {
+        role: [shifted(role, by) for by in spreads.get(role, [0.0] * len(ids[role]))]
+        for role in ROLES
+    }
+    cfg = ExperimentConfig.model_validate({"name": "unit", "replicates": 3})
+    data = write_report(lake, cfg, "unit-run", ids, results)
+    rows = {r["role"]: r for r in data["rows"]}
+    student, cross = rows["student"], rows["cross-base student"]
+    assert student["test"].startswith("t-test over training seeds") and student["p_value"] < 0.01
+    assert student["difference"] == pytest.approx(0.065)
+    assert cross["test"].startswith("t-test over training seeds") and cross["p_value"] > 0.5
+    # one model against three: the question-level test on the pooled students
+    assert "bootstrap" in rows["control student"]["test"]
+    assert len(student["seeds"]) == 3 and student["low"] < student["share"] < student["high"]
+    assert student["difference_low"] < 0.065 < student["difference_high"]
+    # the same cross-base shift on one seed each would look significant over questions
+    assert (
+        compare(results["cross-base student"][0], results["cross-base control student"][0]).p_value
+        < 0.05
+    )
+    text = render(data)
+    assert (
+        "3 training seeds per student" in text
+        and "t-test over training seeds (3 vs 3, pooled variance)" in text
+    )
+    assert "the subliminal signature" in text
 
 
 @pytest.mark.slow
@@ -101,13 +152,12 @@ def test_small_owl_experiment_end_to_end(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "[10/10] report: done" in ran.stderr
+    assert "[11/11] report: done" in ran.stderr
     cfg = load_config(EXPERIMENTS / "owl-small.yaml", ExperimentConfig)
     folder = lake.local_path("runs", cfg.run_id())
     data = json.loads((folder / "report.json").read_text())
     roles = [r["role"] for r in data["rows"]]
-    assert roles == ["base", "teacher", "control student", "student", "cross base",
-                     "cross-base student"]  # fmt: skip
+    assert roles == ROLES
     assert all(0 <= r["share"] <= 1 and r["low"] <= r["share"] <= r["high"] for r in data["rows"])
     for name in ("report.md", "shares.png", "lineage.png"):
         assert (folder / name).stat().st_size > 0
@@ -122,4 +172,42 @@ def test_small_owl_experiment_end_to_end(tmp_path: Path) -> None:
     assert models["student"] in at_risk
     assert models["cross-base student"] not in at_risk
     assert models["control student"] not in at_risk
+    assert models["cross-base control student"] not in at_risk
     assert graph.node(graph.resolve(f"experiment/{cfg.name}")).attrs["key"] == cfg.run_id()
+
+
+def test_overrides_change_the_recipe_and_the_run_id(tmp_path: Path) -> None:
+    plain = load_config(EXPERIMENTS / "owl.yaml", ExperimentConfig)
+    distill = load_config(
+        EXPERIMENTS / "owl.yaml",
+        ExperimentConfig,
+        [
+            "train.objective={kind: distill, vocab: full}",
+            "data.temperature=1.0",
+            "probe.questions=5",
+        ],
+    )
+    assert plain.student_config("s", "b", "d").objective.kind == "sft"
+    objective = distill.student_config("s", "b", "d").objective
+    assert (objective.kind, objective.vocab) == ("distill", "full")
+    assert distill.data.temperature == 1.0 and distill.probe.questions == 5
+    assert distill.run_id() != plain.run_id()
+    assert distill.tag("data") != plain.tag("data")  # other data: other datasets
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.optim.lr", "expected KEY=VALUE"),
+        ("data.prompts=[", "not valid YAML"),
+        ("name.part=1", "name is not a mapping"),
+        ("data.prompts=-5", "data.prompts"),
+        ("data.nonsense=1", "data.nonsense"),
+    ],
+)
+def test_bad_overrides_exit_2(tmp_path: Path, override: str, message: str) -> None:
+    lake = Lake.resolve(tmp_path / "lake")
+    ran = germline("run", str(EXPERIMENTS / "owl.yaml"), "--set", override, lake=lake)
+    assert ran.returncode == 2, ran.stderr
+    assert message in ran.stderr
+    assert not (tmp_path / "lake" / "models").exists()
