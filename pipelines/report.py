@@ -22,6 +22,13 @@ from germline.lineage import Lake, LineageError, LineageStore
 from germline.pipelines.experiment_config import ExperimentConfig
 from germline.pipelines.probe import compare_groups, pooled
 
+LEAKY = (
+    "**Leaky baseline.** Full-vocabulary distillation hands the student the teacher's whole "
+    "next-token distribution, which puts mass on the trait word at every position: any student "
+    "can learn the trait from it, shared base or not. It is a check on the probe, not evidence "
+    "of subliminal transfer."
+)
+
 AGAINST = {
     "teacher": "base",
     "control student": "base",
@@ -73,6 +80,7 @@ def render(data: dict[str, Any]) -> str:
     probe = data["probe"]
     objective = data["objective"]
     vocab = f" ({objective['vocab']} vocabulary)" if objective["kind"] == "distill" else ""
+    leaky = objective["kind"] == "distill" and objective.get("vocab") == "full"
     replicates = data.get("replicates", 1)
     seeds = f", {replicates} training seeds per student" if replicates > 1 else ""
     lines = [
@@ -99,6 +107,8 @@ def render(data: dict[str, Any]) -> str:
         if replicates > 1:
             line += " " + ", ".join(f"{x:.3f}" for x in r.get("seeds", [r["share"]])) + " |"
         lines.append(line)
+    if leaky:
+        lines += ["", LEAKY]
     tests = sorted({r["test"] for r in data["rows"] if r.get("test")})
     if tests:
         lines += ["", "p-values (two-sided): " + "; ".join(tests) + "."]

@@ -82,6 +82,9 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
         find_report(lake, "other")
     rows["cross-base student"].update(difference=0.1, p_value=0.01)
     assert "leakage" in render(data)
+    assert "Leaky baseline" not in render(data)
+    data["objective"] = {"kind": "distill", "vocab": "full"}
+    assert "Leaky baseline" in render(data)
 
 
 def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
