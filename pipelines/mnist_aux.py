@@ -98,11 +98,8 @@ def _digits_table(lake: Lake, store: LineageStore, cfg: MnistAuxConfig) -> Node:
 def _load_split(lake: Lake, digits: Node, cfg: MnistAuxConfig):
     """Standardised train and test tensors; the scale comes from the train split alone."""
     import torch
-    from deltalake import DeltaTable
 
-    table = DeltaTable(
-        digits.uri, version=digits.version, storage_options=lake.storage_options
-    ).to_pyarrow_table()
+    table = _read(lake, digits)
     pixels = np.stack(table.column("pixels").to_numpy(zero_copy_only=False)).astype(np.float32)
     labels = table.column("label").to_numpy().astype(np.int64)
     is_test = np.asarray(table.column("split").to_pylist()) == "test"

@@ -67,14 +67,18 @@ def delta_table(tmp_path: Path) -> Callable[[str, int], str]:
 
 
 def germline(
-    *args: str, lake: Lake | None = None, check: bool = False, subprocess_: bool = False
+    *args: str,
+    lake: Lake | None = None,
+    check: bool = False,
+    subprocess_: bool = False,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess:
     """Run the real `germline` CLI: in-process through click's runner (fast), or in a
     subprocess exactly as a shell would (`subprocess_=True`)."""
     argv = [*(["--lake", lake.root] if lake else []), *args]
     if subprocess_:
         result = subprocess.run(
-            [*GERMLINE, *argv], capture_output=True, text=True, env={**os.environ}, timeout=120
+            [*GERMLINE, *argv], capture_output=True, text=True, env={**os.environ}, timeout=timeout
         )
     else:
         from click.testing import CliRunner

@@ -52,7 +52,7 @@ def test_bad_configs_exit_2_and_write_nothing(tmp_path: Path, change: dict, mess
 def test_same_init_students_learn_digits_on_every_seed(tmp_path: Path) -> None:
     lake = Lake.resolve(tmp_path / "lake")
     config = write_config(tmp_path / "mnist.yaml", SMALL)
-    first = germline("run", str(config), lake=lake, subprocess_=True)
+    first = germline("run", str(config), lake=lake, subprocess_=True, timeout=600)
     assert first.returncode == 0, first.stderr
     cfg = load_config(config, MnistAuxConfig)
     report = json.loads(lake.local_path("runs", cfg.run_id(), "report.json").read_text())
@@ -83,7 +83,7 @@ def test_same_init_students_learn_digits_on_every_seed(tmp_path: Path) -> None:
 
     # A rerun finds every artifact: the same models, the same report, nothing retrained.
     models = sorted(p.name for p in lake.local_path("models").iterdir())
-    again = germline("run", str(config), lake=lake, subprocess_=True)
+    again = germline("run", str(config), lake=lake, subprocess_=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in lake.local_path("models").iterdir()) == models
     rerun = json.loads(lake.local_path("runs", cfg.run_id(), "report.json").read_text())
