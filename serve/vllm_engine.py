@@ -122,12 +122,22 @@ class VLLMEngine:
         return base
 
     def render(self, chat: list[dict[str, str]]) -> list[int]:
-        """The prompt's token ids: the chat template's text, tokenized without special tokens,
+        """The prompt's token ids (see `render_many`)."""
+        return self.render_many([chat])[0]
+
+    def render_many(self, chats: list[list[dict[str, str]]]) -> list[list[int]]:
+        """Each prompt's token ids: the chat template's text, tokenized without special tokens,
         since the template itself writes any BOS the model wants (tokenizing the text with
         special tokens, as vLLM does for a text prompt, would double it). The transformers
-        engine tokenizes the same way, so both engines count the same prompt tokens."""
-        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        engine tokenizes the same way, so both engines count the same prompt tokens.
+
+        One batched tokenizer call for the whole batch: on a GPU the tokenizer runs on the
+        critical path between vLLM calls, where encoding texts one at a time shows up."""
+        texts = [
+            self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            for chat in chats
+        ]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def generate(
         self,
@@ -144,7 +154,7 @@ class VLLMEngine:
             raise EngineError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         if not prompts:
             return []
-        requests = [{"prompt_token_ids": self.render(chat)} for chat in prompts]
+        requests = [{"prompt_token_ids": ids} for ids in self.render_many(prompts)]
         sampling = [
             VLLMSamplingParams(
                 n=1,
