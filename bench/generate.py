@@ -56,6 +56,7 @@ def config(args: argparse.Namespace, dataset: str) -> GenerateConfig:
                 "kind": args.engine,
                 "batch_size": args.batch_size,
                 "num_gpus": args.num_gpus,
+                "concurrency": args.concurrency,
                 "options": dict(args.engine_option),
             },
             "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
@@ -290,7 +291,8 @@ def main() -> None:
         default="transformers",
         help="the pipeline's engine; the baseline is plain transformers or vLLM called directly",
     )
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs for the engine worker")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine worker")
+    parser.add_argument("--concurrency", type=int, default=1, help="engine workers (Ray actors)")
     parser.add_argument(
         "--engine-option",
         type=engine_option,

@@ -27,8 +27,41 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
+# The group's options that also work after the command, where a job submission puts them:
+# `germline run owl.yaml --lake s3://...` reads as `germline --lake s3://... run owl.yaml`.
+_HOISTED = ("--lake", "--storage-option")
+
+
+def _hoist(args: list[str], commands: set[str]) -> list[str]:
+    """Move the lake options found after the command name in front of it (up to a `--`)."""
+    head: list[str] = []
+    rest = list(args)
+    while rest and rest[0] not in commands:  # the group's own options, and their values
+        head.append(rest.pop(0))
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token == "--":
+            kept.extend(rest[i:])
+            break
+        name = token.split("=", 1)[0]
+        if name in _HOISTED and i > 0:
+            takes_value = "=" not in token and i + 1 < len(rest)
+            moved.extend(rest[i : i + 2] if takes_value else [token])
+            i += 2 if takes_value else 1
+            continue
+        kept.append(token)
+        i += 1
+    return head + moved + kept
+
+
 class _Germline(click.Group):
     """Turns the library's input errors into one line and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist(args, set(self.commands)))
 
     def invoke(self, ctx: click.Context) -> object:
         try:

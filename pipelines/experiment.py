@@ -15,12 +15,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from germline.checks.probes import ProbeResult, load_probe
 from germline.lineage import Lake, LineageStore, Node
 from germline.pipelines.experiment_config import ExperimentConfig
 from germline.pipelines.generate_config import GenerateConfig
+
+if TYPE_CHECKING:
+    from germline.serve.app import ServeSettings
 
 Echo = Callable[[str], None]
 
@@ -133,7 +136,7 @@ def _generate_config(cfg: ExperimentConfig, dataset: str, teacher_id: str) -> Ge
             "seed": cfg.seed,
             "prompts": {"family": "numbers", "count": d.prompts},
             "teacher": {"model": teacher_id},
-            "engine": {"kind": "transformers", "batch_size": d.batch_size},
+            "engine": cfg.resources.generate.engine_config(),
             "sampling": {"temperature": d.temperature, "max_tokens": d.max_tokens},
             "filters": {"trait_words": [cfg.trait]},
             "expectations": {"max_tokens": d.max_tokens},
@@ -157,14 +160,12 @@ def _serve_and_probe(
 
     from germline.pipelines.cluster import start_serving
     from germline.pipelines.probe import probe_model
-    from germline.serve.app import ServeSettings
 
     spec = load_probe(cfg.probe.probe).with_target(cfg.trait, None)
     if cfg.probe.questions:
         spec = spec.model_copy(update={"questions": spec.questions[: cfg.probe.questions]})
     key = secrets.token_hex(16)
-    settings = ServeSettings(lake=lake.root, storage_options=dict(lake.storage_options or {}),
-                             api_key=key, max_models=sum(map(len, models.values())))  # fmt: skip
+    settings = serve_settings(lake, cfg, key, sum(map(len, models.values())))
     url = start_serving(settings, "127.0.0.1", _free_port(), "germline-experiment", verbose)
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
@@ -179,6 +180,24 @@ def _serve_and_probe(
         return results
     finally:
         serve.delete("germline-experiment")
+
+
+def serve_settings(lake: Lake, cfg: ExperimentConfig, api_key: str, models: int) -> ServeSettings:
+    """The probe step's Serve app: every model of the run in one pool, placed as
+    `resources.serve` says."""
+    from germline.serve.app import ServeSettings
+
+    placed = cfg.resources.serve
+    return ServeSettings(
+        lake=lake.root,
+        storage_options=dict(lake.storage_options or {}),
+        api_key=api_key,
+        max_models=models,
+        pool_cpus=placed.num_cpus,
+        pool_gpus=placed.num_gpus,
+        engine=placed.engine,
+        engine_options=dict(placed.options),
+    )
 
 
 def _register_run(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[str, list[str]],

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from germline.pipelines.generate_config import _Strict, segment_name
+from germline.pipelines.resources import Resources
 from germline.pipelines.train_config import TrainConfig
 
 
@@ -33,8 +34,14 @@ class DataSpec(_Strict):
     prompts: int = Field(2000, ge=1)
     temperature: float = Field(1.0, ge=0, le=5)
     max_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(64, ge=1)
     commit_every: int = Field(500, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "batch_size" in raw:
+            raise ValueError("batch_size moved to resources.generate.batch_size")
+        return raw
 
 
 class ProbeConfig(_Strict):
@@ -87,12 +94,22 @@ class ExperimentConfig(ExperimentBase):
         "model's questions",
     )
     probe: ProbeConfig = ProbeConfig()
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="where each step runs (CPUs, GPUs, workers, batch size); never part of a "
+        "model's or table's name, so moving an experiment to a GPU cluster reuses its work",
+    )
 
     @model_validator(mode="after")
     def _train_recipe(self) -> ExperimentConfig:
         taken = {"student", "base", "dataset"} & set(self.train)
         if taken:
             raise ValueError(f"train: {sorted(taken)} are set by the experiment, not here")
+        placed = {"use_gpu", "cpus_per_worker", "threads"} & set(self.train.get("scaling", {}))
+        if placed:
+            raise ValueError(
+                f"train.scaling: {sorted(placed)} are set under resources.train, not here"
+            )
         self.student_config("check", "base", "data")  # raises on a bad recipe
         if self.base.seed == self.cross_base.seed:
             raise ValueError("cross_base needs another seed than base")
@@ -108,4 +125,6 @@ class ExperimentConfig(ExperimentBase):
         order and adapter initialisation change, nothing else)."""
         raw = {**self.train, "student": student, "base": base, "dataset": {"name": dataset}}
         raw["seed"] = raw.get("seed", self.seed) + replicate
+        placement = self.resources.train.model_dump(exclude_none=True)
+        raw["scaling"] = {**raw.get("scaling", {}), **placement}
         return TrainConfig.model_validate(raw)

@@ -119,6 +119,21 @@ def test_ids_are_stable_and_registration_idempotent(cli_lake: tuple[Lake, dict[s
     assert DeltaTable(lake.lineage_nodes).to_pyarrow_table(columns=["id"]).num_rows == 7
 
 
+def test_lake_options_work_after_the_command(
+    cli_lake: tuple[Lake, dict[str, str]], tmp_path: Path
+) -> None:
+    """`ray job submit -- germline run X.yaml --lake URI` puts the lake after the command."""
+    lake, ids = cli_lake
+    before = germline("--lake", lake.root, "lineage", "show", "teacher", check=True).stdout
+    after = germline("lineage", "show", "teacher", "--lake", lake.root, check=True).stdout
+    assert after == before and ids["teacher"] in after
+    assert germline("lineage", "show", "teacher", f"--lake={lake.root}", check=True).stdout == after
+    # Given twice, the last one wins, as for any repeated option: here an empty lake.
+    empty = tmp_path / "empty"
+    missing = germline("--lake", lake.root, "lineage", "show", "teacher", "--lake", str(empty))
+    assert missing.returncode == 2 and "teacher" in missing.stderr
+
+
 def test_queries_as_json(cli_lake: tuple[Lake, dict[str, str]]) -> None:
     lake, ids = cli_lake
 
