@@ -69,7 +69,12 @@ class Lake:
 
     def local_path(self, *parts: str) -> Path:
         if not self.is_local:
-            raise LineageError(f"lake {self.root} is not a local folder")
+            raise LineageError(
+                f"lake {self.root} is not a local folder: {'/'.join(parts)} needs one. Tables "
+                "(datasets, lineage, probes) live on an object store, models and reports not "
+                "yet; on a cluster, mount one shared folder at the same path on every node "
+                "(docs/scaling.md)"
+            )
         return Path(self.uri(*parts))
 
     # The layout from DESIGN.md.

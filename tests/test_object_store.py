@@ -76,3 +76,16 @@ def test_concurrent_writers_on_s3(s3_options: dict[str, str], tmp_path: Path) ->
     node_ids = store.nodes_table.read().column("id").to_pylist()
     assert sorted(node_ids) == sorted({i for pair in ids for i in pair})
     assert store.edges_table.read().num_rows == 4
+
+
+def test_model_steps_on_an_object_store_lake_say_what_to_do(s3_options: dict[str, str]) -> None:
+    """Models and reports are folders, written on local or shared-filesystem lakes only for
+    now: on an object-store lake a model step stops before any work, naming the way out."""
+    from conftest import germline
+
+    options = [arg for k, v in s3_options.items() for arg in ("--storage-option", f"{k}={v}")]
+    ran = germline("--lake", "s3://lake/models-here", *options, "models", "bootstrap")
+    assert ran.returncode == 2
+    assert "mount one shared folder at the same path on every node" in ran.stderr
+    assert ran.stderr.count("\n") == 1  # one line
+    assert LineageStore(Lake.resolve("s3://lake/models-here", s3_options)).graph().nodes() == []
