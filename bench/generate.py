@@ -57,6 +57,7 @@ def config(args: argparse.Namespace, dataset: str) -> GenerateConfig:
                 "batch_size": args.batch_size,
                 "num_gpus": args.num_gpus,
                 "concurrency": args.concurrency,
+                "num_cpus": args.num_cpus,
                 "options": dict(args.engine_option),
             },
             "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens},
@@ -293,6 +294,7 @@ def main() -> None:
     )
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine worker")
     parser.add_argument("--concurrency", type=int, default=1, help="engine workers (Ray actors)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per engine worker")
     parser.add_argument(
         "--engine-option",
         type=engine_option,

@@ -288,7 +288,10 @@ def _stream(
         batch_size=config.sink.commit_every,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.1,  # a light stage: never let it starve the engine of a scheduling slot
+        # A light stage that reserves no CPU: with 0.1 it could not be placed while the engine
+        # workers held every CPU (2 workers of 1 CPU on 2 cores), so no row was committed
+        # until generation had finished; with 0 it is always placed, and shares the cores.
+        num_cpus=0,
         **actor_fault_tolerance(),
     )
     pending: list[pa.Table] = []

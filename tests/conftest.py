@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from germline.checks import NumberFormatError, parse_numbers
-from germline.lineage import Lake, LineageStore
+from germline.lineage import Lake, LineageStore, Node
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
 
@@ -29,6 +30,31 @@ def lake(tmp_path: Path) -> Lake:
 @pytest.fixture
 def store(lake: Lake) -> LineageStore:
     return LineageStore(lake)
+
+
+TINY_BASE = "tiny-base-s0"
+TINY_BASE_STEPS = 120  # briefly pre-trained: numbers and junk to generate, loss to take off
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-base-s0, pre-trained by the real `bootstrap_base` once per session (about half a
+    minute on 2 cores); the modules that need it put a copy into their own lake."""
+    from germline.pipelines.bootstrap import bootstrap_base
+
+    lake = Lake.resolve(tmp_path_factory.mktemp("tiny-base") / "lake")
+    bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)
+    return lake.local_path("models", TINY_BASE)
+
+
+def add_tiny_base(lake: Lake, built: Path) -> Node:
+    """The session's tiny base in `lake`: its folder copied in, then registered by
+    `bootstrap_base` itself, which finds the model and checks its recipe (seed, steps) the
+    way a rerun of `germline models bootstrap` does. Returns the base's lineage node."""
+    from germline.pipelines.bootstrap import bootstrap_base
+
+    shutil.copytree(built, lake.local_path("models", TINY_BASE))
+    return bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)
 
 
 def write_model(folder: Path, seed: int, filename: str = "model.npz") -> Path:

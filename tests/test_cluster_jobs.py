@@ -157,12 +157,26 @@ def test_owl_small_submitted_as_a_ray_job(ray_head: dict, tmp_path: Path) -> Non
     assert any("GenerateStage" in name for name in actors), sorted(actors)
     assert any("ModelPool" in name for name in actors), sorted(actors)
 
+    # The experiment end to end, as `germline run` leaves it: every model gets a report row,
+    # every model and dataset is in lineage, and lineage says the owl student is at risk from
+    # the teacher while the cross-base and control students are not.
     cfg = load_config(REPO / "experiments" / "owl-small.yaml", ExperimentConfig)
-    report = json.loads(lake.local_path("runs", cfg.run_id(), "report.json").read_text())
-    assert [r["role"] for r in report["rows"]] == ROLES
+    folder = lake.local_path("runs", cfg.run_id())
+    report = json.loads((folder / "report.json").read_text())
+    rows = report["rows"]
+    assert [r["role"] for r in rows] == ROLES
+    assert all(0 <= r["share"] <= 1 and r["low"] <= r["share"] <= r["high"] for r in rows)
+    for name in ("report.md", "shares.png", "lineage.png"):
+        assert (folder / name).stat().st_size > 0
     graph = LineageStore(lake).graph()
-    models = {r["role"]: r["model"] for r in report["rows"]}
+    models = {r["role"]: r["model"] for r in rows}
+    for model_id in models.values():
+        assert model_id in graph
+        assert any(kind == "probed" for _, kind in graph.children(model_id))
+    datasets = [n for n in graph.nodes() if n.kind == "dataset"]
+    assert {n.name.split("-numbers")[0] for n in datasets} >= {"owl-small-owl", "owl-small-control"}
     at_risk = {hit.id for hit in graph.at_risk(models["teacher"])}
     assert models["student"] in at_risk
-    assert models["cross-base student"] not in at_risk
+    for role in ("cross-base student", "control student", "cross-base control student"):
+        assert models[role] not in at_risk, role
     assert graph.node(graph.resolve(f"experiment/{cfg.name}")).attrs["key"] == cfg.run_id()

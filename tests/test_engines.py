@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import add_tiny_base
 
 from germline.lineage import Lake
 from germline.serve import EngineError, SamplingParams, load_engine
@@ -16,12 +17,11 @@ CHATS = [
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from germline.pipelines.bootstrap import bootstrap_base
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> tuple[Path, Path]:
     from germline.pipelines.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("eng") / "lake")
-    base = bootstrap_base(lake, seed=3, steps=20)
+    base = add_tiny_base(lake, tiny_base_dir)
     teacher = make_teacher(lake, base.id, "fox", steps=3)
     assert base.uri and teacher.uri
     return Path(base.uri), Path(teacher.uri)

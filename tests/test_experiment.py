@@ -140,43 +140,8 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
     assert "the subliminal signature" in text
 
 
-@pytest.mark.slow
-def test_small_owl_experiment_end_to_end(tmp_path: Path) -> None:
-    """`germline run` on experiments/owl-small.yaml from an empty lake, as a user runs it:
-    every model gets a report row, every model and dataset is in lineage, and lineage says
-    the owl student is at risk from the teacher while the cross-base student is not."""
-    import subprocess
-
-    from conftest import GERMLINE
-
-    lake = Lake.resolve(tmp_path / "lake")
-    ran = subprocess.run(
-        [*GERMLINE, "--lake", lake.root, "run", str(EXPERIMENTS / "owl-small.yaml")],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "[11/11] report: done" in ran.stderr
-    cfg = load_config(EXPERIMENTS / "owl-small.yaml", ExperimentConfig)
-    folder = lake.local_path("runs", cfg.run_id())
-    data = json.loads((folder / "report.json").read_text())
-    roles = [r["role"] for r in data["rows"]]
-    assert roles == ROLES
-    assert all(0 <= r["share"] <= 1 and r["low"] <= r["share"] <= r["high"] for r in data["rows"])
-    for name in ("report.md", "shares.png", "lineage.png"):
-        assert (folder / name).stat().st_size > 0
-    graph = LineageStore(lake).graph()
-    models = {r["role"]: r["model"] for r in data["rows"]}
-    for model_id in models.values():
-        assert model_id in graph
-        assert any(kind == "probed" for _, kind in graph.children(model_id))
-    datasets = [n for n in graph.nodes() if n.kind == "dataset"]
-    assert {n.name.split("-numbers")[0] for n in datasets} >= {"owl-small-owl", "owl-small-control"}
-    at_risk = {hit.id for hit in graph.at_risk(models["teacher"])}
-    assert models["student"] in at_risk
-    assert models["cross-base student"] not in at_risk
-    assert models["control student"] not in at_risk
-    assert models["cross-base control student"] not in at_risk
-    assert graph.node(graph.resolve(f"experiment/{cfg.name}")).attrs["key"] == cfg.run_id()
+# `germline run experiments/owl-small.yaml` end to end from an empty lake is
+# tests/test_cluster_jobs.py: submitted as a Ray job to a real head, as on a cluster.
 
 
 def test_overrides_change_the_recipe_and_the_run_id(tmp_path: Path) -> None:

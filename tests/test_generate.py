@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import GERMLINE, assert_generate_commits, germline, write_config
+from conftest import GERMLINE, add_tiny_base, assert_generate_commits, germline, write_config
 from deltalake import DeltaTable
 
 from germline.lineage import EdgeKind, Lake, LineageStore
@@ -25,14 +25,13 @@ TEACHER = "owl-teacher-test"
 
 
 @pytest.fixture(scope="module")
-def teacher_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def teacher_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> Lake:
     """A lake holding a tiny base and an owl teacher, briefly trained (enough to write some
     number lists and some junk: both tables get rows)."""
-    from germline.pipelines.bootstrap import bootstrap_base
     from germline.pipelines.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("gen") / "lake")
-    base = bootstrap_base(lake, seed=0, steps=120)
+    base = add_tiny_base(lake, tiny_base_dir)
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=10)
     return lake
 

@@ -19,7 +19,7 @@ import openai
 import pyarrow as pa
 import pytest
 import torch
-from conftest import GERMLINE
+from conftest import GERMLINE, add_tiny_base
 from deltalake import write_deltalake
 
 from germline.lineage import Lake, LineageStore
@@ -38,16 +38,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> Lake:
     """A tiny base, an owl adapter on it, and a student trained for a few steps on a small
     hand-written number dataset (no generation needed to test serving)."""
-    from germline.pipelines.bootstrap import bootstrap_base
     from germline.pipelines.teacher import make_teacher
     from germline.pipelines.train import train
     from germline.pipelines.train_config import TrainConfig
 
     lake = Lake.resolve(tmp_path_factory.mktemp("serve") / "lake")
-    base = bootstrap_base(lake, seed=0, steps=60)
+    base = add_tiny_base(lake, tiny_base_dir)
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=5)
     n = 48
     rows = pa.table({

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import GERMLINE, germline, write_config
+from conftest import GERMLINE, add_tiny_base, germline, write_config
 from deltalake import DeltaTable, write_deltalake
 from safetensors.torch import load_file
 
@@ -27,15 +27,14 @@ BASE = "tiny-base-s0"
 
 
 @pytest.fixture(scope="module")
-def data_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def data_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> Lake:
     """A tiny base (briefly pre-trained, so fine-tuning has loss to take off), an owl teacher
     and 320 of its number completions, written by the real `generate`."""
-    from germline.pipelines.bootstrap import bootstrap_base
     from germline.pipelines.cluster import ensure_ray
     from germline.pipelines.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("train") / "lake")
-    base = bootstrap_base(lake, seed=0, steps=120)
+    base = add_tiny_base(lake, tiny_base_dir)
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=10)
     ensure_ray()
     raw = {
