@@ -136,7 +136,7 @@ def _generate_config(cfg: ExperimentConfig, dataset: str, teacher_id: str) -> Ge
             "seed": cfg.seed,
             "prompts": {"family": "numbers", "count": d.prompts},
             "teacher": {"model": teacher_id},
-            "engine": cfg.resources.generate.engine_config(),
+            "engine": cfg.resources.generate,
             "sampling": {"temperature": d.temperature, "max_tokens": d.max_tokens},
             "filters": {"trait_words": [cfg.trait]},
             "expectations": {"max_tokens": d.max_tokens},

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from germline.pipelines.generate_config import _Strict
+from germline.pipelines.generate_config import EngineConfig, _Strict
 
 Engine = Literal["transformers", "vllm"]
 
@@ -34,7 +34,7 @@ Engine = Literal["transformers", "vllm"]
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "generate": {
-            "engine": "transformers",
+            "kind": "transformers",
             "batch_size": 64,
             "concurrency": 1,
             "num_cpus": 1.0,
@@ -45,7 +45,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "gpu": {
         "generate": {
-            "engine": "vllm",
+            "kind": "vllm",
             "batch_size": 1024,
             "concurrency": 1,
             "num_cpus": 1.0,
@@ -60,30 +60,6 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
-
-
-class GenerateResources(_Strict):
-    """The data steps' engine workers (Ray Data actors), as `germline generate`'s `engine:`."""
-
-    engine: Engine
-    batch_size: int = Field(ge=1, le=4096, description="prompts per generate call")
-    concurrency: int = Field(ge=1, le=1024, description="engine workers (Ray actors)")
-    num_cpus: float = Field(ge=0, description="CPUs reserved per engine worker")
-    num_gpus: float = Field(ge=0, description="GPUs per engine worker")
-    threads: int | None = Field(None, ge=1, description="torch threads per CPU worker")
-    options: dict[str, Any] = Field(default_factory=dict, description="engine arguments")
-
-    def engine_config(self) -> dict[str, Any]:
-        """The `engine:` section of a GenerateConfig."""
-        return {
-            "kind": self.engine,
-            "batch_size": self.batch_size,
-            "concurrency": self.concurrency,
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-            "threads": self.threads,
-            "options": dict(self.options),
-        }
 
 
 class TrainResources(_Strict):
@@ -105,7 +81,7 @@ class ServeResources(_Strict):
 
 class Resources(_Strict):
     device: Literal["cpu", "gpu"] = "cpu"
-    generate: GenerateResources
+    generate: EngineConfig  # the same section as `germline generate`'s `engine:`
     train: TrainResources
     serve: ServeResources
 

