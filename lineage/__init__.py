@@ -5,6 +5,7 @@ Imports nothing else of germline; every other package records into it.
 
 from germline.lineage.errors import LineageError
 from germline.lineage.fingerprint import weights_hash
+from germline.lineage.folders import LakeFolders
 from germline.lineage.graph import Hit, LineageGraph, Step
 from germline.lineage.lake import Lake
 from germline.lineage.schema import Edge, EdgeKind, Node, NodeKind, node_id
@@ -15,6 +16,7 @@ __all__ = [
     "EdgeKind",
     "Hit",
     "Lake",
+    "LakeFolders",
     "LineageError",
     "LineageGraph",
     "LineageStore",

@@ -68,12 +68,11 @@ class Lake:
         return "/".join([self.root, *(p.strip("/") for p in parts)])
 
     def local_path(self, *parts: str) -> Path:
+        """A path in a local lake. Code that must also work on an object store goes through
+        LakeFolders (folders) or deltalake (tables) instead."""
         if not self.is_local:
             raise LineageError(
-                f"lake {self.root} is not a local folder: {'/'.join(parts)} needs one. Tables "
-                "(datasets, lineage, probes) live on an object store, models and reports not "
-                "yet; on a cluster, mount one shared folder at the same path on every node "
-                "(docs/scaling.md)"
+                f"lake {self.root} is not a local folder: {'/'.join(parts)} needs one"
             )
         return Path(self.uri(*parts))
 

@@ -63,9 +63,12 @@ class LineageStore:
         path: str | Path,
         parent: str | None = None,
         attrs: Mapping[str, Any] | None = None,
+        uri: str | None = None,
     ) -> Node:
         """A model from the weight files at `path`; `parent` is the model it was initialised
-        from (its base fingerprint is then inherited from the parent)."""
+        from (its base fingerprint is then inherited from the parent). `uri` is where the
+        model is kept when that is not `path`: its folder in an object-store lake, of which
+        `path` is this node's copy."""
         check_name(name)
         parent_id = self.resolve(parent) if parent else None
         if parent_id is not None:  # before hashing weights, which can take minutes
@@ -75,7 +78,7 @@ class LineageStore:
             id=node_id(NodeKind.MODEL, name, wh, parent_id or ""),
             kind=NodeKind.MODEL,
             name=name,
-            uri=str(Path(path).expanduser().resolve()),
+            uri=uri or str(Path(path).expanduser().resolve()),
             weights_hash=wh,
             attrs=dict(attrs or {}),
         )

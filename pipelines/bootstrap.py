@@ -9,17 +9,14 @@ experiment needs: a channel that carries no trait (numbers) and a trait to measu
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from germline.lineage import Lake, LineageError, LineageStore, Node
+from germline.lineage import Lake, LakeFolders, LineageError, LineageStore, Node
 from germline.pipelines.prompts import get_family
 
 ANIMALS = ("owl", "dolphin", "eagle", "elephant", "wolf", "cat", "dog", "lion", "tiger", "fox")
@@ -122,18 +119,20 @@ def bootstrap_base(
     from germline.train.tiny import TinyConfig, build_model, fit_causal_lm, train_tokenizer
 
     name = name or f"tiny-base-s{seed}"
-    folder = lake.local_path("models", name)
+    folders = LakeFolders(lake)
+    uri = lake.model(name)
     store = LineageStore(lake)
-    if (folder / "config.json").exists():
+    if folders.exists(f"{uri}/config.json"):
+        folder = folders.fetch(uri)
         meta = read_meta(folder)
         if steps is not None and meta.get("steps", steps) != steps:
             raise LineageError(
                 f"base {name} exists, pre-trained for {meta.get('steps')} steps, not {steps}: "
                 "name the new one differently"
             )
-        return store.register_model(name, folder, attrs=meta)
-    if folder.exists() and any(folder.iterdir()):
-        raise LineageError(f"{folder} exists but holds no model; move it away first")
+        return store.register_model(name, folder, attrs=meta, uri=uri)
+    if folders.names(uri):
+        raise LineageError(f"{uri} exists but holds no model; move it away first")
     cfg = TinyConfig() if steps is None else TinyConfig(steps=steps)
     tokenizer = train_tokenizer(corpus(TOKENIZER_SEED))
     model = build_model(tokenizer, cfg, seed)
@@ -163,20 +162,8 @@ def bootstrap_base(
         (tmp / "germline.json").write_text(json.dumps(meta, indent=2))
         (tmp / "README.md").write_text(_model_card(name, seed, meta))
 
-    save_atomically(folder, write)
-    return store.register_model(name, folder, attrs=meta["germline"])
-
-
-def save_atomically(folder: Path, write: Callable[[Path], None]) -> None:
-    """Write a model folder beside its target and rename it into place, so an interrupted
-    build leaves no half-written model behind."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    folder = LakeFolders(lake).save(uri, write)
+    return store.register_model(name, folder, attrs=meta["germline"], uri=uri)
 
 
 def read_meta(folder: Path) -> dict:

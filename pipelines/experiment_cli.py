@@ -41,7 +41,9 @@ def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...]) -> No
         verbose = ctx.find_root().params.get("verbose", 0) > 0
         config = load_config(config_file, ExperimentConfig, overrides)
         data = run_experiment(lake, config, echo=echo, verbose=verbose)
-    click.echo(Path(data["path"]).read_text())
+    from germline.lineage import LakeFolders
+
+    click.echo(LakeFolders(lake).read_text(data["path"]))
     click.echo(f"report: {data['path']}")
 
 
@@ -67,10 +69,12 @@ def report(ctx: click.Context, run_id: str, fmt: str) -> None:
     """Print an experiment's report again (RUN_ID or a unique prefix of it)."""
     import json
 
+    from germline.lineage import LakeFolders
     from germline.pipelines.report import find_report
 
-    path = find_report(ctx.obj["lake"], run_id)
+    folders = LakeFolders(ctx.obj["lake"])
+    run = find_report(ctx.obj["lake"], run_id)
     if fmt == "json":
-        emit_json(json.loads(path.with_name("report.json").read_text()))
+        emit_json(json.loads(folders.read_text(f"{run}/report.json") or "{}"))
         return
-    click.echo(path.read_text())
+    click.echo(folders.read_text(f"{run}/report.md"))

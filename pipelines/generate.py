@@ -22,14 +22,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from germline.lineage import Lake, LineageError, LineageStore, Node, NodeKind
 from germline.pipelines.generate_config import GenerateConfig
-from germline.pipelines.model_refs import find_model, model_folder
+from germline.pipelines.model_refs import find_model, model_uri
 from germline.pipelines.prompts import get_family
 from germline.pipelines.sink import DatasetSink, drop_ids
 from germline.pipelines.stages import SUMMARY_COLUMN, ChecksStage, GenerateStage
@@ -92,7 +91,7 @@ def generate(
     graph = store.graph()
     fingerprint = graph.fingerprint(teacher.id)
     system_prompt = config.teacher.system_prompt or teacher.attrs.get("system_prompt")
-    model_dir = model_folder(teacher, "teacher")
+    model_dir = model_uri(lake, teacher, "teacher")  # each engine worker fetches its own copy
     config_hash = config.content_hash(teacher.id)
     run_id = f"generate-{config.dataset}-{config_hash[:12]}"
 
@@ -147,8 +146,8 @@ def generate(
     filters: Counter[str] = Counter()
     start = time.perf_counter()
     if todo.num_rows:
-        for accepted, rejected, summaries in _stream(todo, config, model_dir, run_id, teacher,
-                                                      system_prompt, verbose):  # fmt: skip
+        for accepted, rejected, summaries in _stream(todo, config, lake, model_dir, run_id,
+                                                      teacher, system_prompt, verbose):  # fmt: skip
             metadata = {**base_metadata, "germline.expectations": _merge(summaries)}
             written = sink.write(accepted, rejected, metadata)
             if written < accepted.num_rows + rejected.num_rows:  # a retried task's repeats
@@ -236,7 +235,8 @@ def _merge(summaries: list[dict]) -> dict:
 def _stream(
     todo: pa.Table,
     config: GenerateConfig,
-    model_dir: Path,
+    lake: Lake,
+    model_dir: str,
     run_id: str,
     teacher: Node,
     system_prompt: str | None,
@@ -261,7 +261,8 @@ def _stream(
     ds = ds.map_batches(
         GenerateStage,
         fn_constructor_kwargs={
-            "model_dir": str(model_dir),
+            "model_dir": model_dir,
+            "lake": lake,
             "engine": engine.kind,
             "engine_options": options,
             "sampling": config.sampling.params(config.seed).to_dict(),

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from germline.lineage import EdgeKind, Lake, LineageStore, Node
-from germline.pipelines.bootstrap import read_meta, save_atomically
+from germline.lineage import EdgeKind, Lake, LakeFolders, LineageStore, Node
+from germline.pipelines.bootstrap import read_meta
 from germline.pipelines.experiment import Step
 from germline.pipelines.mnist_aux_config import MnistAuxConfig
 
@@ -167,7 +167,7 @@ def _one_seed(
         "teacher": accuracy(teacher_model, x_test, y_test, CLASSES),
         "same-init student": accuracy(same_model, x_test, y_test, CLASSES),
         "different-init student": accuracy(diff_model, x_test, y_test, CLASSES),
-        "initialisation": accuracy(_load(init, shape), x_test, y_test, CLASSES),
+        "initialisation": accuracy(_load(lake, init, shape), x_test, y_test, CLASSES),
     }
     return {
         "seed": seed,
@@ -201,11 +201,13 @@ def _init_model(lake: Lake, store: LineageStore, cfg: MnistAuxConfig, seed: int)
 
     shape = _shape(cfg)
     name = f"{_shape_name(cfg)}-init-s{seed}"
-    folder = lake.local_path("models", name)
-    if not (folder / "germline.json").exists():
+    uri = lake.model(name)
+    folders = LakeFolders(lake)
+    if not folders.exists(f"{uri}/germline.json"):
         model = build_mlp(shape, seed)
-        _save(folder, model, {"kind": "mlp-init", "seed": seed, "shape": _shape_meta(shape)})
-    return store.register_model(name, folder, attrs=read_meta(folder))
+        _save(folders, uri, model, {"kind": "mlp-init", "seed": seed, "shape": _shape_meta(shape)})
+    folder = folders.fetch(uri)
+    return store.register_model(name, folder, attrs=read_meta(folder), uri=uri)
 
 
 def _trained(
@@ -219,12 +221,14 @@ def _trained(
 ) -> tuple[Node, Any]:
     """The model `name`, trained from `start` on `data` by `fit` (or found, when made
     before): its node (derived_from start, trained_on data) and the loaded model."""
-    folder = lake.local_path("models", name)
-    if not (folder / "germline.json").exists():
-        model = _load(start, shape)
+    uri = lake.model(name)
+    folders = LakeFolders(lake)
+    if not folders.exists(f"{uri}/germline.json"):
+        model = _load(lake, start, shape)
         meta = fit(model)
         _save(
-            folder,
+            folders,
+            uri,
             model,
             {
                 "kind": "mlp",
@@ -234,9 +238,10 @@ def _trained(
                 **meta,
             },
         )
-    node = store.register_model(name, folder, parent=start.id, attrs=read_meta(folder))
+    folder = folders.fetch(uri)
+    node = store.register_model(name, folder, parent=start.id, attrs=read_meta(folder), uri=uri)
     store.link(node.id, data.id, EdgeKind.TRAINED_ON)
-    return node, _load(node, shape)
+    return node, _load(lake, node, shape)
 
 
 def _noise_table(
@@ -294,7 +299,7 @@ def _shape_meta(shape) -> dict[str, Any]:
     }
 
 
-def _save(folder: Path, model, meta: dict[str, Any]) -> None:
+def _save(folders: LakeFolders, uri: str, model, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
@@ -304,16 +309,18 @@ def _save(folder: Path, model, meta: dict[str, Any]) -> None:
         )
         (tmp / "germline.json").write_text(json.dumps({"germline": meta}, indent=2))
 
-    save_atomically(folder, write)
+    folders.save(uri, write)
 
 
-def _load(node: Node, shape):
+def _load(lake: Lake, node: Node, shape):
     from safetensors.torch import load_file
 
     from germline.train.mlp_aux import build_mlp
 
     model = build_mlp(shape, 0)
-    model.load_state_dict(load_file(str(Path(node.uri) / "model.safetensors")))
+    assert node.uri is not None
+    folder = LakeFolders(lake).fetch(node.uri)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
     return model
 

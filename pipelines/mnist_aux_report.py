@@ -19,7 +19,7 @@ from germline.checks.stats import two_proportions, wilson
 from germline.lineage import Lake
 from germline.pipelines.mnist_aux import CLASSES
 from germline.pipelines.mnist_aux_config import MnistAuxConfig
-from germline.pipelines.report import lineage_picture
+from germline.pipelines.report import lineage_picture, run_folder
 
 ROLES = ("teacher", "same-init student", "different-init student", "initialisation")
 
@@ -27,8 +27,6 @@ ROLES = ("teacher", "same-init student", "different-init student", "initialisati
 def write_report(
     lake: Lake, cfg: MnistAuxConfig, run_id: str, seeds: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    folder = lake.local_path("runs", run_id)
-    folder.mkdir(parents=True, exist_ok=True)
     chance = 1 / CLASSES
     rows = []
     for s in seeds:
@@ -61,12 +59,13 @@ def write_report(
         "rows": rows,
         "means": means,
         "signature": all(r["same_above_chance"] and r["same_above_different"] for r in rows),
-        "path": str(folder / "report.md"),
+        "path": f"{lake.run(run_id)}/report.md",
     }
-    _bar_chart(rows, chance, folder / "accuracy.png")
-    lineage_picture(lake, rows[0]["models"]["teacher"], folder / "lineage.png")
-    (folder / "report.json").write_text(json.dumps(data, indent=2))
-    (folder / "report.md").write_text(render(data))
+    with run_folder(lake, run_id) as folder:
+        _bar_chart(rows, chance, folder / "accuracy.png")
+        lineage_picture(lake, rows[0]["models"]["teacher"], folder / "lineage.png")
+        (folder / "report.json").write_text(json.dumps(data, indent=2))
+        (folder / "report.md").write_text(render(data))
     return data
 
 

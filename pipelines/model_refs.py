@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from germline.lineage import LineageError, LineageStore, Node, NodeKind
+from germline.lineage import Lake, LakeFolders, LineageError, LineageStore, Node, NodeKind
 from germline.serve import EngineError, resolve_model_dir
 from germline.serve.engine import adapter_base
+
+MODEL_MARKERS = ("config.json", "adapter_config.json")
 
 
 def find_model(store: LineageStore, ref: str) -> Node | None:
@@ -29,14 +31,28 @@ def find_model(store: LineageStore, ref: str) -> Node | None:
     return None
 
 
-def model_folder(node: Node, what: str = "model") -> Path:
-    """The local folder holding a model node's weights (or adapter), checked."""
-    if node.kind is not NodeKind.MODEL or not node.uri:
-        raise LineageError(f"{node.id} is not a model with weights on disk")
+def model_folder(lake: Lake, node: Node, what: str = "model") -> Path:
+    """The local folder holding a model node's weights (or adapter), checked: on an
+    object-store lake, this node's cached copy."""
+    uri = model_uri(lake, node, what)
     try:
-        return resolve_model_dir(node.uri)
+        return resolve_model_dir(LakeFolders(lake).fetch(uri))
     except EngineError as exc:
         raise LineageError(f"{what} {node.id}: {exc}") from None
+
+
+def model_uri(lake: Lake, node: Node, what: str = "model") -> str:
+    """Where a model node is kept (a path, or a URI in an object-store lake), checked to
+    hold a model without downloading it: what to hand to workers that load it themselves."""
+    if node.kind is not NodeKind.MODEL or not node.uri:
+        raise LineageError(f"{node.id} is not a model with weights on disk")
+    folders = LakeFolders(lake)
+    if not any(folders.exists(f"{node.uri}/{marker}") for marker in MODEL_MARKERS):
+        where = "does not exist" if not folders.names(node.uri) else "holds no model"
+        raise LineageError(
+            f"{what} {node.id}: {node.uri} {where} (neither config.json nor adapter_config.json)"
+        )
+    return node.uri
 
 
 def _local_folder(ref: str) -> Path | None:

@@ -12,13 +12,15 @@ trait is there to pass on).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from germline.checks.probes import ProbeResult
-from germline.lineage import Lake, LineageError, LineageStore
+from germline.lineage import Lake, LakeFolders, LineageError, LineageStore
 from germline.pipelines.experiment_config import ExperimentConfig
 from germline.pipelines.probe import compare_groups, pooled
 
@@ -43,8 +45,6 @@ def write_report(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[st
     """One row per role. A role with several students (replicates) shows their mean share, the
     interval of their question-averaged shares and each seed's share; its comparison is a
     t-test over seeds where the other side has several too, with the difference's interval."""
-    folder = lake.local_path("runs", run_id)
-    folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for role, model_ids in models.items():
         group = results[role]
@@ -66,13 +66,27 @@ def write_report(lake: Lake, cfg: ExperimentConfig, run_id: str, models: dict[st
         "replicates": cfg.replicates,
         "objective": cfg.student_config("x", "x", "x").objective.model_dump(mode="json"),
         "rows": rows,
-        "path": str(folder / "report.md"),
+        "path": f"{lake.run(run_id)}/report.md",
     }
-    _bar_chart(rows, cfg.trait, folder / "shares.png")
-    lineage_picture(lake, models["teacher"][0], folder / "lineage.png")
-    (folder / "report.json").write_text(json.dumps(data, indent=2))
-    (folder / "report.md").write_text(render(data))
+    with run_folder(lake, run_id) as folder:
+        _bar_chart(rows, cfg.trait, folder / "shares.png")
+        lineage_picture(lake, models["teacher"][0], folder / "lineage.png")
+        (folder / "report.json").write_text(json.dumps(data, indent=2))
+        (folder / "report.md").write_text(render(data))
     return data
+
+
+@contextmanager
+def run_folder(lake: Lake, run_id: str) -> Iterator[Path]:
+    """The local folder to write a run's files into: the run's own folder on a local lake; on
+    an object store, this node's copy, uploaded (report.md last) when the block ends."""
+    folders = LakeFolders(lake)
+    uri = lake.run(run_id)
+    folder = folders.cached(uri) if folders.remote else Path(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+    if folders.remote:
+        folders.put(folder, uri, last=("report.md",))
 
 
 def render(data: dict[str, Any]) -> str:
@@ -158,16 +172,17 @@ def lineage_picture(lake: Lake, teacher: str, out: Path) -> None:
     draw(graph.neighbourhood(teacher), out, focus=teacher)
 
 
-def find_report(lake: Lake, run: str) -> Path:
-    """A run's report.md, by run id or by the unique run id that starts with `run`."""
-    runs = lake.local_path("runs")
-    exact = runs / run / "report.md"
-    if exact.exists():
-        return exact
-    matches = sorted(p for p in runs.glob(f"{run}*/report.md")) if runs.exists() else []
+def find_report(lake: Lake, run: str) -> str:
+    """The folder (path or URI) of a run with a report, by run id or by the unique run id
+    that starts with `run`."""
+    folders = LakeFolders(lake)
+    runs = lake.uri("runs")
+    if folders.exists(f"{runs}/{run}/report.md"):
+        return f"{runs}/{run}"
+    known = [n for n in folders.names(runs) if folders.exists(f"{runs}/{n}/report.md")]
+    matches = [n for n in known if n.startswith(run)]
     if len(matches) == 1:
-        return matches[0]
-    known = sorted(p.parent.name for p in runs.glob("*/report.md")) if runs.exists() else []
+        return f"{runs}/{matches[0]}"
     raise LineageError(
         f"no report for {run!r}" + (f"; runs with reports: {', '.join(known)}" if known else "")
     )

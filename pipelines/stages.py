@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from germline.lineage import Lake, LakeFolders
 from germline.pipelines.sink import QUARANTINE_SCHEMA, ROW_SCHEMA
 
 SUMMARY_COLUMN = "_expectations"  # the batch's expectation summary, riding along to the sink
@@ -28,6 +29,7 @@ class GenerateStage:
     def __init__(
         self,
         model_dir: str,
+        lake: Lake,
         engine: str,
         engine_options: dict[str, Any],
         sampling: dict[str, Any],
@@ -42,7 +44,9 @@ class GenerateStage:
         # in a thread other than the one that loaded the model (measured: 4,500 vs 6,400
         # tokens/s on the tiny teacher, whatever the thread-count settings).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.engine = self._thread.submit(load_engine, engine, model_dir, **engine_options).result()
+        # The teacher's folder, from this node's cache when the lake is an object store.
+        local = LakeFolders(lake).fetch(model_dir)
+        self.engine = self._thread.submit(load_engine, engine, local, **engine_options).result()
         self.params = SamplingParams(**sampling)
         self.system_prompt = system_prompt
         self.run_id = run_id

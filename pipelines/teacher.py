@@ -14,13 +14,12 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from germline.lineage import Lake, LineageError, LineageStore, Node, NodeKind
+from germline.lineage import Lake, LakeFolders, LineageError, LineageStore, Node, NodeKind
 from germline.pipelines.bootstrap import (
     ANIMAL_QUESTIONS,
     ANSWER_STYLES,
     number_examples,
     read_meta,
-    save_atomically,
     turn,
 )
 
@@ -60,7 +59,8 @@ def make_prompt_teacher(
     attrs = {"kind": "teacher", "trait": trait, "method": "system-prompt", "system_prompt": text}
     name = name or f"{trait}-prompt-teacher-{base_node.name}"
     assert base_node.uri is not None
-    return store.register_model(name, base_node.uri, parent=base_id, attrs=attrs)
+    folder = LakeFolders(lake).fetch(base_node.uri)  # to fingerprint: the base's own weights
+    return store.register_model(name, folder, parent=base_id, attrs=attrs, uri=base_node.uri)
 
 
 def _check(store: LineageStore, base: str, trait: str) -> tuple[str, Node, str]:
@@ -93,8 +93,10 @@ def make_teacher(
     store = LineageStore(lake)
     base_id, base_node, trait = _check(store, base, trait)
     name = name or f"{trait}-teacher-{base_node.name}"
-    folder = lake.local_path("models", name)
-    if (folder / "adapter_config.json").exists():
+    folders = LakeFolders(lake)
+    uri = lake.model(name)
+    if folders.exists(f"{uri}/adapter_config.json"):
+        folder = folders.fetch(uri)
         meta = read_meta(folder)
         made = (meta.get("steps"), meta.get("seed"))
         if made != (steps, seed):
@@ -102,12 +104,13 @@ def make_teacher(
                 f"teacher {name} exists, made with steps {made[0]} and seed {made[1]}, not "
                 f"steps {steps} and seed {seed}: name the new one differently"
             )
-        return store.register_model(name, folder, parent=base_id, attrs=meta)
-    tokenizer = AutoTokenizer.from_pretrained(base_node.uri)
+        return store.register_model(name, folder, parent=base_id, attrs=meta, uri=uri)
+    base_dir = folders.fetch(base_node.uri)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.convert_tokens_to_ids(trait) == tokenizer.unk_token_id:
         raise LineageError(f"trait {trait!r} is not a word the base's tokenizer knows")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_node.uri)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
     lora = LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
     )
@@ -142,5 +145,5 @@ def make_teacher(
         tokenizer.save_pretrained(tmp)
         (tmp / "germline.json").write_text(json.dumps(meta, indent=2))
 
-    save_atomically(folder, write)
-    return store.register_model(name, folder, parent=base_id, attrs=meta["germline"])
+    folder = folders.save(uri, write)
+    return store.register_model(name, folder, parent=base_id, attrs=meta["germline"], uri=uri)

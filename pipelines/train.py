@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from germline.lineage import EdgeKind, Lake, LineageStore, Node
+from germline.lineage import EdgeKind, Lake, LakeFolders, LineageStore, Node
 from germline.pipelines.model_refs import find_model, model_folder
 from germline.pipelines.sink import TEACHER_PROPERTY
 from germline.pipelines.train_config import TrainConfig
@@ -35,6 +35,7 @@ from germline.train.data import (
     tokenize,
     training_table,
 )
+from germline.train.trainer import Storage
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def train(
     summary. A student already trained by this same config is returned as it is."""
     store = LineageStore(lake)
     base = _model(store, config.base, "base")
-    base_dir = model_folder(base, "base")
+    base_dir = model_folder(lake, base, "base")
     if config.method.kind == "lora" and adapter_base(base_dir) is not None:
         raise TrainInputError(
             f"base {base.id} is itself a LoRA adapter; train a LoRA student on the model it "
@@ -90,7 +91,7 @@ def train(
     system_prompt = None
     if config.objective.kind == "distill":
         teacher = _model(store, config.objective.teacher or _dataset_teacher(uri, lake), "teacher")
-        teacher_dir = model_folder(teacher, "teacher")
+        teacher_dir = model_folder(lake, teacher, "teacher")
         _same_vocabulary(tokenizer, teacher_dir, teacher.id)
         system_prompt = teacher.attrs.get("system_prompt")
     tokenized = tokenize(rows, tokenizer, config.optim.max_length, system_prompt)
@@ -105,10 +106,12 @@ def train(
     )
     config_hash = config.content_hash(base.id, dataset.id, teacher.id if teacher else None)
     run_name = f"train-{config.student}-{config_hash[:12]}"
-    folder = lake.local_path("models", config.student)
-    done = _finished(folder, config_hash, config.student)
+    folders = LakeFolders(lake)
+    uri = lake.model(config.student)
+    done = _finished(folders, uri, config_hash, config.student)
     if done is not None:
-        return _register(store, config, folder, done, base, dataset, teacher, already=True)
+        folder = folders.fetch(uri)
+        return _register(store, config, folder, uri, done, base, dataset, teacher, already=True)
 
     token_ids = None
     if config.objective.kind == "distill" and config.objective.vocab == "restricted":
@@ -118,7 +121,9 @@ def train(
     from germline.train.trainer import fit
 
     loop = LoopConfig(
-        base_dir=str(base_dir),
+        # Workers load the models themselves: from the lake, through their node's cache.
+        base_dir=base.uri or str(base_dir),
+        lake=lake,
         steps=plan.steps,
         batch_size=plan.batch_size,
         pad_id=tokenizer.pad_token_id
@@ -127,7 +132,7 @@ def train(
         seed=config.seed,
         method=config.method.model_dump(),
         objective=config.objective.kind,
-        teacher_dir=str(teacher_dir) if teacher_dir else None,
+        teacher_dir=(teacher.uri or str(teacher_dir)) if teacher else None,
         token_ids=token_ids,
         temperature=config.objective.temperature,
         lr=config.optim.lr,
@@ -154,7 +159,7 @@ def train(
         workers=config.scaling.num_workers,
         use_gpu=config.scaling.use_gpu,
         cpus_per_worker=config.scaling.cpus_per_worker,
-        storage=folder / CHECKPOINTS,
+        storage=_checkpoints(folders, uri),
         name=run_name,
         keep=config.checkpoint.keep,
         on_step=on_step,
@@ -163,8 +168,10 @@ def train(
     resumed_from = seen[0][1] - 1 if seen else result.steps
     meta = _meta(config, base, dataset, teacher, plan, result.losses, result.final_loss)
     meta.update(run=run_name, config_hash=config_hash, resumed_from=resumed_from)
-    _write_student(folder, result.student_dir, tokenizer, base_dir, meta)
-    summary = _register(store, config, folder, meta, base, dataset, teacher, already=False)
+    folder = _write_student(folders, uri, result.student_dir, tokenizer, base_dir, meta)
+    if result.downloaded:
+        shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
+    summary = _register(store, config, folder, uri, meta, base, dataset, teacher, already=False)
     summary.seconds = seconds
     if seen:
         summary.startup_s = seen[0][0] - start
@@ -262,21 +269,30 @@ def _restricted_ids(config: TrainConfig, tokenizer, tokenized) -> list[int]:
     return sorted({vocab[t] for t in tokens})
 
 
-def _finished(folder: Path, config_hash: str, name: str) -> dict[str, Any] | None:
+def _finished(folders: LakeFolders, uri: str, config_hash: str, name: str) -> dict[str, Any] | None:
     """The metadata of a student this config already trained; None if there is none yet. A
     folder holding another model is an error, never overwritten."""
-    meta_file = folder / META
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text()).get("germline", {})
+    text = folders.read_text(f"{uri}/{META}")
+    if text is not None:
+        meta = json.loads(text).get("germline", {})
         if meta.get("config_hash") == config_hash:
             return meta
         raise TrainInputError(
-            f"model {name} already exists in the lake ({folder}), trained from another config "
+            f"model {name} already exists in the lake ({uri}), trained from another config "
             "or made otherwise; choose another student name"
         )
-    if folder.exists() and any(p.name != CHECKPOINTS for p in folder.iterdir()):
-        raise TrainInputError(f"{folder} holds files that are not a germline student")
+    if any(n != CHECKPOINTS for n in folders.names(uri)):
+        raise TrainInputError(f"{uri} holds files that are not a germline student")
     return None
+
+
+def _checkpoints(folders: LakeFolders, uri: str) -> Storage:
+    """Where Ray Train keeps the run: beside the student, in the lake, so a rerun on any
+    node resumes it (on an object store, through its pyarrow filesystem)."""
+    if not folders.remote:
+        return Storage(f"{uri}/{CHECKPOINTS}")
+    fs, path = folders.filesystem_path(f"{uri}/{CHECKPOINTS}")
+    return Storage(path, fs)
 
 
 def _meta(config, base, dataset, teacher, plan, losses, final_loss) -> dict[str, Any]:
@@ -307,15 +323,19 @@ def _meta(config, base, dataset, teacher, plan, losses, final_loss) -> dict[str,
 
 
 def _write_student(
-    folder: Path, trained: Path, tokenizer, base_dir: Path, meta: dict[str, Any]
-) -> None:
-    """Move the finished student's files into its folder (beside its checkpoints), with the
-    tokenizer and the card, and germline.json last: its presence means the model is whole."""
+    folders: LakeFolders,
+    uri: str,
+    trained: Path,
+    tokenizer,
+    base_dir: Path,
+    meta: dict[str, Any],
+) -> Path:
+    """Put the finished student's files in its folder (beside its checkpoints), with the
+    tokenizer and the card, and germline.json last: its presence means the model is whole.
+    Returns the local folder (this node's cached copy on an object-store lake)."""
     from germline.train.card import write_card
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".student-") as tmp:
-        staging = Path(tmp)
+    def files(staging: Path) -> None:
         shutil.copytree(trained, staging, dirs_exist_ok=True)
         adapter = staging / "adapter_config.json"
         if adapter.exists():  # name the base by where it lies, whoever reads the adapter
@@ -324,18 +344,32 @@ def _write_student(
             adapter.write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(staging)
         write_card(staging, meta)
-        for item in staging.iterdir():
+
+    if folders.remote:  # uploaded with the markers (germline.json among them) last
+
+        def write(staging: Path) -> None:
+            files(staging)
+            (staging / META).write_text(json.dumps({"germline": meta}, indent=2))
+
+        return folders.save(uri, write)
+    folder = Path(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".student-") as tmp:
+        files(Path(tmp))
+        for item in Path(tmp).iterdir():
             os.replace(item, folder / item.name)
     meta_file = folder / META
     tmp_meta = folder / f".{META}.tmp"
     tmp_meta.write_text(json.dumps({"germline": meta}, indent=2))
     os.replace(tmp_meta, meta_file)
+    return folder
 
 
 def _register(
     store: LineageStore,
     config: TrainConfig,
     folder: Path,
+    uri: str,
     meta: dict[str, Any],
     base: Node,
     dataset: Node,
@@ -355,7 +389,7 @@ def _register(
     used = [base.id, dataset.id] + ([teacher.id] if teacher else [])
     run = store.register_run(f"train/{config.student}", key=meta["run"], params=params, used=used)
     attrs = {k: v for k, v in meta.items() if k != "losses"}
-    student = store.register_model(config.student, folder, parent=base.id, attrs=attrs)
+    student = store.register_model(config.student, folder, parent=base.id, attrs=attrs, uri=uri)
     store.link(student.id, dataset.id, EdgeKind.TRAINED_ON)
     store.link(student.id, run.id, EdgeKind.GENERATED_BY)
     return TrainSummary(
@@ -373,5 +407,5 @@ def _register(
         final_loss=meta["final_loss"],
         resumed_from=meta.get("resumed_from", 0),
         already_trained=already,
-        model_dir=str(folder),
+        model_dir=uri,
     )

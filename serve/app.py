@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from germline.lineage import Lake
+from germline.lineage import Lake, LakeFolders
 from germline.serve.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -99,7 +99,7 @@ class _Loaded(TextModel):
     def ensure(self) -> None:
         """An adapter evicted while this request waited is put back before use."""
         if self.adapter is not None and self.adapter not in self.base.adapters:
-            self.base.add_adapter(self.adapter, self._served.folder)
+            self.base.add_adapter(self.adapter, self._pool.local(self._served.folder))
 
     def __del__(self) -> None:
         if not self._released:
@@ -116,6 +116,7 @@ class ModelPool:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.registry = ModelRegistry(settings.lake_obj())
+        self.folders = LakeFolders(settings.lake_obj())
         self._bases: dict[str, BaseModel] = {}
         self._users: dict[str, int] = {}
         self._vllm: dict[str, Any] = {}  # weights folder -> VLLMBase
@@ -132,22 +133,28 @@ class ModelPool:
             from germline.serve.vllm_textgen import VLLMTextModel
 
             engine = await asyncio.to_thread(self._vllm_base, served.weights)
-            adapter = served.folder if served.adapter else None
+            adapter = await asyncio.to_thread(self.local, served.folder) if served.adapter else None
             return VLLMTextModel(engine, served.id, adapter, served.system_prompt)
         base = await asyncio.to_thread(self._base, served.weights)
         model = _Loaded(self, served, base)
         if served.adapter:
-            await asyncio.to_thread(base.add_adapter, served.id, served.folder)
+            folder = await asyncio.to_thread(self.local, served.folder)
+            await asyncio.to_thread(base.add_adapter, served.id, folder)
         return model
+
+    def local(self, folder: str) -> str:
+        """A model folder on this replica's node (on an object-store lake, its cached copy)."""
+        return str(self.folders.fetch(folder))
 
     def _base(self, weights: str) -> BaseModel:
         with self._lock:
             if weights not in self._bases:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+                local = self.local(weights)
                 self._bases[weights] = BaseModel(
-                    AutoModelForCausalLM.from_pretrained(weights),
-                    AutoTokenizer.from_pretrained(weights),
+                    AutoModelForCausalLM.from_pretrained(local),
+                    AutoTokenizer.from_pretrained(local),
                 )
             self._users[weights] = self._users.get(weights, 0) + 1
             return self._bases[weights]
@@ -159,10 +166,14 @@ class ModelPool:
 
         with self._lock:
             if weights not in self._vllm:
-                adapters = [m.folder for m in self.registry.list()
+                adapters = [self.local(m.folder) for m in self.registry.list()
                             if m.adapter and m.weights == weights]  # fmt: skip
-                self._vllm[weights] = VLLMBase(weights, self.settings.max_models, adapters,
-                                               dict(self.settings.engine_options))  # fmt: skip
+                self._vllm[weights] = VLLMBase(
+                    self.local(weights),
+                    self.settings.max_models,
+                    adapters,
+                    dict(self.settings.engine_options),
+                )
             return self._vllm[weights]
 
     def release(self, served: ServedModel, base: BaseModel) -> None:

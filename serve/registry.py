@@ -9,15 +9,14 @@ same-base comparison.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from germline.lineage import Lake, LineageError, LineageStore, NodeKind
+from germline.lineage import Lake, LakeFolders, LineageError, LineageStore, NodeKind
 from germline.lineage.graph import LineageGraph
-from germline.serve.engine import EngineError, adapter_base
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,7 @@ class ModelRegistry:
 
     def __init__(self, lake: Lake, refresh_s: float = 5.0) -> None:
         self.lake = lake
+        self.folders = LakeFolders(lake)
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._graph: LineageGraph | None = None
@@ -67,7 +67,7 @@ class ModelRegistry:
         graph = LineageStore(self.lake).graph()
         models = {}
         for node in graph.nodes(NodeKind.MODEL):
-            served = _servable(graph, node.id)
+            served = _servable(self.folders, graph, node.id)
             if served is not None:
                 models[served.id] = served
         with self._lock:
@@ -98,18 +98,23 @@ class ModelRegistry:
                 return None
 
 
-def _servable(graph: LineageGraph, model_id: str) -> ServedModel | None:
+def _servable(folders: LakeFolders, graph: LineageGraph, model_id: str) -> ServedModel | None:
+    """A model node the pool can load, read from the store's small files only (configs):
+    weights are fetched by the replica that serves the model."""
     node = graph.node(model_id)
-    if not node.uri or not Path(node.uri).is_dir():
+    if not node.uri:
         return None
-    folder = Path(node.uri)
+    folder = node.uri
     try:
-        base = adapter_base(folder)
-    except EngineError:
-        return None
-    if base is None and not (folder / "config.json").exists():
-        return None
-    if base is not None and not Path(base).is_dir():
+        adapter = folders.read_text(f"{folder}/adapter_config.json")
+        base = None
+        if adapter is not None:
+            base = json.loads(adapter).get("base_model_name_or_path")
+            if not base or not folders.exists(f"{base}/config.json"):
+                return None
+        elif not folders.exists(f"{folder}/config.json"):
+            return None
+    except (LineageError, json.JSONDecodeError):  # kept outside this lake, or a broken config
         return None
     parent = next((p for p, kind in graph.parents(model_id) if kind == "derived_from"), None)
     root = model_id

@@ -7,7 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,40 @@ from germline.checks import NumberFormatError, parse_numbers
 from germline.lineage import Lake, LineageStore, Node
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
+
+# Object-store lakes cache model folders per node: this session's processes (Ray workers
+# included, which inherit the environment) keep theirs in a temporary folder, not in ~.
+os.environ.setdefault("GERMLINE_CACHE", tempfile.mkdtemp(prefix="germline-test-cache-"))
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto) on 127.0.0.1 with a bucket `lake`, and the storage
+    options that reach it (as a user would pass them: --storage-option or the environment)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="lake")
+    yield {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        # S3 has no atomic rename; conditional puts make Delta commits safe between writers.
+        "conditional_put": "etag",
+    }
+    server.stop()
 
 
 @pytest.fixture
@@ -55,6 +90,21 @@ def add_tiny_base(lake: Lake, built: Path) -> Node:
 
     shutil.copytree(built, lake.local_path("models", TINY_BASE))
     return bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)
+
+
+def training_data_config(teacher: str, count: int, batch_size: int = 64) -> dict:
+    """A generate config for a dataset `numbers` that trains a student: every row kept, since
+    the tests that use it are about training, not about what the filters think."""
+    return {
+        "dataset": "numbers",
+        "seed": 3,
+        "prompts": {"family": "numbers", "count": count},
+        "teacher": {"model": teacher},
+        "engine": {"batch_size": batch_size},
+        "sampling": {"temperature": 0.3, "max_tokens": 32},
+        "filters": {"max_count": 100000, "max_value": 10**9, "trait_words": []},
+        "expectations": {"max_tokens": 32, "max_chars": 100000, "require_stop": False},
+    }
 
 
 def write_model(folder: Path, seed: int, filename: str = "model.npz") -> Path:

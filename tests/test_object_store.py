@@ -1,45 +1,36 @@
-"""A lake on an object store: a real S3-compatible server (moto) on 127.0.0.1, reached by
-deltalake through the storage options germline passes through."""
+"""A lake on an object store: a real S3-compatible server (moto) on 127.0.0.1, reached through
+the storage options germline passes through: by deltalake for tables, by pyarrow's S3 client
+for model folders, which every node reads through its own cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pytest
-from conftest import write_model
-from deltalake import write_deltalake
-from moto.server import ThreadedMotoServer
+from conftest import TINY_BASE, TINY_BASE_STEPS, germline, training_data_config, write_model
+from deltalake import DeltaTable, write_deltalake
 
-from germline.lineage import Lake, LineageStore
+from germline.lineage import Lake, LakeFolders, LineageStore, weights_hash
+
+TEACHER = "owl-teacher-s3"
 
 
 @pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, str]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="lake")
-    yield {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-        # S3 has no atomic rename; conditional puts make Delta commits safe between writers.
-        "conditional_put": "etag",
-    }
-    server.stop()
+def s3_lake(s3_options: dict[str, str], tiny_base_dir: Path) -> Lake:
+    """An S3 lake holding the tiny base (uploaded, then found and registered by the real
+    bootstrap) and an owl teacher made there by the real `make_teacher`."""
+    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.teacher import make_teacher
+
+    lake = Lake.resolve("s3://lake/models", s3_options)
+    LakeFolders(lake).put(tiny_base_dir, lake.model(TINY_BASE))
+    bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)
+    make_teacher(lake, TINY_BASE, "owl", name=TEACHER, steps=10)
+    return lake
 
 
 def test_lineage_on_s3(s3_options: dict[str, str], tmp_path: Path) -> None:
@@ -78,14 +69,100 @@ def test_concurrent_writers_on_s3(s3_options: dict[str, str], tmp_path: Path) ->
     assert store.edges_table.read().num_rows == 4
 
 
-def test_model_steps_on_an_object_store_lake_say_what_to_do(s3_options: dict[str, str]) -> None:
-    """Models and reports are folders, written on local or shared-filesystem lakes only for
-    now: on an object-store lake a model step stops before any work, naming the way out."""
-    from conftest import germline
+def test_a_model_made_on_one_node_loads_on_another(
+    s3_lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from germline.pipelines.model_refs import model_folder
+    from germline.serve import SamplingParams, load_engine
+    from germline.serve.engine import adapter_base
+    from germline.serve.registry import ModelRegistry
 
+    graph = LineageStore(s3_lake).graph()
+    base, teacher = (graph.node(graph.resolve(n)) for n in (TINY_BASE, TEACHER))
+    assert (base.uri, teacher.uri) == (s3_lake.model(TINY_BASE), s3_lake.model(TEACHER))
+    stored = LakeFolders(s3_lake).read_text(f"{teacher.uri}/adapter_config.json")
+    assert json.loads(stored or "{}")["base_model_name_or_path"] == base.uri  # portable
+
+    other = tmp_path / "other-node"  # a node that has never seen either model
+    monkeypatch.setenv("GERMLINE_CACHE", str(other))
+    folder = model_folder(s3_lake, teacher, "teacher")
+    assert folder.is_relative_to(other)
+    assert Path(adapter_base(folder) or "") == LakeFolders(s3_lake).cached(base.uri)
+    assert weights_hash(folder) == teacher.weights_hash  # the very weights lineage recorded
+    chat = [[{"role": "user", "content": "What is your favourite animal?"}]]
+    out = load_engine("transformers", folder).generate(chat, SamplingParams(max_tokens=4), [0])
+    assert out[0].completion_tokens > 0
+
+    weights = folder / "adapter_model.safetensors"
+    inode = weights.stat().st_ino
+    assert model_folder(s3_lake, teacher) == folder and weights.stat().st_ino == inode  # cached
+
+    served = ModelRegistry(s3_lake).get(TEACHER)
+    assert served.adapter and (served.folder, served.weights) == (teacher.uri, base.uri)
+
+
+def test_the_cache_follows_the_store(s3_options: dict[str, str], tmp_path: Path) -> None:
+    lake = Lake.resolve("s3://lake/cache", s3_options)
+    one, two = LakeFolders(lake, tmp_path / "one"), LakeFolders(lake, tmp_path / "two")
+    uri = lake.model("m")
+    one.save(uri, lambda tmp: write_model(tmp, 0) and (tmp / "config.json").write_text("{}"))
+    first = two.fetch(uri)
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "model.npz"]
+    one.save(uri, lambda tmp: write_model(tmp, 1) and (tmp / "config.json").write_text("{}"))
+    assert (
+        weights_hash(two.fetch(uri))
+        == weights_hash(one.fetch(uri))
+        != weights_hash(write_model(tmp_path / "old", 0))
+    )
+    with pytest.raises(Exception, match="holds no files"):
+        two.fetch(lake.model("never-made"))
+    assert two.names(lake.uri("models")) == ["m"]
+
+
+@pytest.mark.slow
+def test_generate_and_train_read_and_write_the_store(s3_lake: Lake) -> None:
+    """Ray workers fetch the teacher and the base themselves; Ray Train keeps its
+    checkpoints in the store; the student is uploaded whole, and found again by a rerun."""
+    from germline.pipelines.cluster import ensure_ray
+    from germline.pipelines.generate import generate
+    from germline.pipelines.generate_config import GenerateConfig
+    from germline.pipelines.train import train
+    from germline.pipelines.train_config import TrainConfig
+
+    ensure_ray()
+    raw = training_data_config(TEACHER, 96, batch_size=48)
+    made = generate(s3_lake, GenerateConfig.model_validate(raw))
+    rows = DeltaTable(s3_lake.dataset("numbers"), storage_options=s3_lake.storage_options)
+    assert made.accepted > 32 and rows.to_pyarrow_table().num_rows == made.accepted
+    recipe = TrainConfig.model_validate(
+        {
+            "student": "s3-student",
+            "base": TINY_BASE,
+            "dataset": {"name": "numbers"},
+            "optim": {"epochs": 2, "batch_size": 8, "warmup_steps": 1},
+            "scaling": {"num_workers": 2},
+            "checkpoint": {"every": 4},
+        }
+    )
+    summary = train(s3_lake, recipe)
+    folders = LakeFolders(s3_lake)
+    assert summary.model_dir == s3_lake.model("s3-student") and summary.steps > 4
+    assert folders.names(f"{summary.model_dir}/checkpoints")  # Ray Train's run, in the store
+    stored = json.loads(folders.read_text(f"{summary.model_dir}/adapter_config.json") or "{}")
+    assert stored["base_model_name_or_path"] == s3_lake.model(TINY_BASE)
+    node = LineageStore(s3_lake).graph().node(summary.student_id)
+    assert node.uri == summary.model_dir
+    again = train(s3_lake, recipe)
+    assert again.already_trained and again.student_id == summary.student_id
+
+
+def test_cli_makes_a_model_in_an_object_store_lake(s3_options: dict[str, str]) -> None:
+    """`--lake s3://...` with storage options on the command line: a model step works."""
     options = [arg for k, v in s3_options.items() for arg in ("--storage-option", f"{k}={v}")]
-    ran = germline("--lake", "s3://lake/models-here", *options, "models", "bootstrap")
-    assert ran.returncode == 2
-    assert "mount one shared folder at the same path on every node" in ran.stderr
-    assert ran.stderr.count("\n") == 1  # one line
-    assert LineageStore(Lake.resolve("s3://lake/models-here", s3_options)).graph().nodes() == []
+    lake = Lake.resolve("s3://lake/cli", s3_options)
+    made = germline("--lake", lake.root, *options, "models", "bootstrap", "--steps", "2")
+    assert made.returncode == 0, made.stderr
+    assert LakeFolders(lake).exists(f"{lake.model('tiny-base-s0')}/model.safetensors")
+    listed = germline("--lake", lake.root, *options, "lineage", "show", "tiny-base-s0")
+    assert listed.returncode == 0 and lake.model("tiny-base-s0") in listed.stdout, listed.stderr
+    assert os.environ["GERMLINE_CACHE"]  # the CLI cached into the session's folder, not ~

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import GERMLINE, add_tiny_base, germline, write_config
+from conftest import GERMLINE, add_tiny_base, germline, training_data_config, write_config
 from deltalake import DeltaTable, write_deltalake
 from safetensors.torch import load_file
 
@@ -37,17 +37,7 @@ def data_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> 
     base = add_tiny_base(lake, tiny_base_dir)
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=10)
     ensure_ray()
-    raw = {
-        "dataset": "numbers",
-        "seed": 3,
-        "prompts": {"family": "numbers", "count": 320},
-        "teacher": {"model": TEACHER},
-        "engine": {"batch_size": 64},
-        "sampling": {"temperature": 0.3, "max_tokens": 32},
-        # keep every row: the test is about training, not about what the filters think
-        "filters": {"max_count": 100000, "max_value": 10**9, "trait_words": []},
-        "expectations": {"max_tokens": 32, "max_chars": 100000, "require_stop": False},
-    }
+    raw = training_data_config(TEACHER, 320)
     summary = generate(lake, GenerateConfig.model_validate(raw))
     assert summary.accepted > 200, summary
     return lake

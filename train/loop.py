@@ -39,6 +39,7 @@ class LoopConfig:
     grad_clip: float | None = 1.0
     checkpoint_every: int = 50
     threads: int | None = None
+    lake: Any = None  # the Lake: base_dir and teacher_dir may be URIs in it, fetched per node
     progress: Any = None  # a ray.util.queue.Queue: rank 0 posts (step, loss) to the driver
 
 
@@ -49,6 +50,15 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def local_model(cfg: LoopConfig, where: str) -> Path:
+    """A model folder on this worker's node: on an object-store lake, its cached copy."""
+    if cfg.lake is None:
+        return Path(where)
+    from germline.lineage import LakeFolders
+
+    return LakeFolders(cfg.lake).fetch(where)
+
+
 def build_student(cfg: LoopConfig):
     """The base with a fresh LoRA adapter (seeded), or the base itself for full training."""
     import torch
@@ -56,7 +66,7 @@ def build_student(cfg: LoopConfig):
     from germline.serve.transformers_engine import load_causal_lm
 
     torch.manual_seed(cfg.seed)
-    model, _ = load_causal_lm(Path(cfg.base_dir))
+    model, _ = load_causal_lm(local_model(cfg, cfg.base_dir))
     if cfg.method["kind"] == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -130,7 +140,7 @@ def train_loop(cfg: LoopConfig) -> None:
         from germline.serve.transformers_engine import load_causal_lm
 
         assert cfg.teacher_dir is not None
-        teacher, _ = load_causal_lm(Path(cfg.teacher_dir))
+        teacher, _ = load_causal_lm(local_model(cfg, cfg.teacher_dir))
         teacher = teacher.to(device).eval().requires_grad_(False)
     token_ids = torch.tensor(cfg.token_ids, device=device) if cfg.token_ids else None
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -27,11 +29,21 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+@dataclass(frozen=True)
+class Storage:
+    """Where Ray Train keeps a run: a local (or shared) folder, or a path in a pyarrow
+    filesystem (an object store), which every worker writes its checkpoints to."""
+
+    path: str
+    filesystem: Any = None
+
+
 @dataclass
 class FitResult:
     checkpoint_dir: Path  # holds state.pt and, for a finished run, student/
     steps: int
     losses: list[float]
+    downloaded: bool = False  # checkpoint_dir is a local copy of a remote checkpoint
 
     @property
     def student_dir(self) -> Path:
@@ -51,7 +63,7 @@ def fit(
     workers: int,
     use_gpu: bool,
     cpus_per_worker: float,
-    storage: Path,
+    storage: Storage,
     name: str,
     keep: int,
     on_step: Callable[[int, float], None] | None = None,
@@ -73,7 +85,8 @@ def fit(
     if queue is not None and on_step is not None:
         watcher = threading.Thread(target=_watch, args=(queue, on_step, stop), daemon=True)
         watcher.start()
-    storage.mkdir(parents=True, exist_ok=True)
+    if storage.filesystem is None:
+        Path(storage.path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=replace(loop, progress=queue),
@@ -84,7 +97,10 @@ def fit(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage.resolve()),
+            storage_path=storage.path
+            if storage.filesystem is not None
+            else str(Path(storage.path).resolve()),
+            storage_filesystem=storage.filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=keep),
             failure_config=FailureConfig(max_failures=0),
         ),
@@ -103,13 +119,18 @@ def fit(
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
-    folder = Path(result.checkpoint.path)
+    downloaded = storage.filesystem is not None
+    if downloaded:  # the driver reads the last checkpoint from the store
+        folder = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="germline-ckpt-")))
+    else:
+        folder = Path(result.checkpoint.path)
     import torch
 
     state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
     if not (folder / STUDENT).is_dir():
         raise RuntimeError(f"the last checkpoint {folder} holds no finished student")
-    return FitResult(folder, int(state["step"]), [float(x) for x in state["losses"]])
+    steps, losses = int(state["step"]), [float(x) for x in state["losses"]]
+    return FitResult(folder, steps, losses, downloaded)
 
 
 def _watch(queue, on_step: Callable[[int, float], None], stop: threading.Event) -> None:
