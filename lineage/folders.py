@@ -76,6 +76,12 @@ def filesystem(uri: str, storage_options: dict[str, str]):
             if value:
                 kwargs[arg] = value
         endpoint = kwargs.get("endpoint_override")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if "region" not in kwargs and region:  # what deltalake would read too
+            kwargs["region"] = region
+        elif "region" not in kwargs and not endpoint:  # AWS itself: ask where the bucket is
+            with suppress(OSError):
+                kwargs["region"] = pafs.resolve_s3_region(parsed.netloc)
         if endpoint and "://" in endpoint:
             scheme, _, rest = endpoint.partition("://")
             kwargs["endpoint_override"], kwargs["scheme"] = rest.rstrip("/"), scheme
@@ -181,15 +187,12 @@ class LakeFolders:
 
     def fetch(self, uri: str) -> Path:
         """A local folder holding `uri`: the path itself on a local lake; on a remote one, this
-        node's cached copy, downloaded first if the store's listing changed since."""
+        node's cached copy, downloaded first if the stored folder's record changed since."""
         if not _remote(uri):
             return Path(uri)
-        from filelock import FileLock
-
         local = self.cached(uri)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        manifest = local.parent / f".{local.name}.manifest.json"
-        with FileLock(str(local.parent / f".{local.name}.lock")):
+        manifest = self._manifest(local)
+        with self._lock(local):
             version = self.version(uri)
             if version is None:
                 raise LineageError(f"{uri} holds no files (not in the lake, or still uploading)")
@@ -289,15 +292,32 @@ class LakeFolders:
         by one rename, so an interrupted build leaves nothing; a remote one by an upload with
         the markers last, after which this node's cache already holds the copy."""
         local = Path(uri) if not self.remote else self.cached(uri)
+        if not self.remote and local.is_dir() and any(local.iterdir()):
+            raise LineageError(f"{uri} exists and holds other files; move it away first")
         with self._staging(local) as tmp:
             write(tmp)
-            record = self.put(tmp, uri) if self.remote else None
-            if local.exists():
-                shutil.rmtree(local)
-            os.replace(tmp, local)
-        if record is not None:  # the cache's copy is current: say so, and fetch keeps it
-            (local.parent / f".{local.name}.manifest.json").write_text(json.dumps(record))
+            if not self.remote:
+                os.replace(tmp, local)
+                return local
+            record = self.put(tmp, uri)
+            with self._lock(local):  # this node's copy is current: say so, and fetch keeps it
+                if local.exists():
+                    shutil.rmtree(local)
+                os.replace(tmp, local)
+                self._manifest(local).write_text(json.dumps(record))
         return local
+
+    @staticmethod
+    def _manifest(local: Path) -> Path:
+        return local.parent / f".{local.name}.manifest.json"
+
+    @staticmethod
+    def _lock(local: Path):
+        """One writer at a time of a cached copy, across this node's processes."""
+        from filelock import FileLock
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(local.parent / f".{local.name}.lock"))
 
     @contextmanager
     def _staging(self, local: Path) -> Iterator[Path]:
