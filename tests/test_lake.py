@@ -34,3 +34,31 @@ def test_bad_storage_options_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GERMLINE_STORAGE_OPTIONS", "{not json")
     with pytest.raises(LineageError, match="GERMLINE_STORAGE_OPTIONS"):
         Lake.resolve("/tmp/x")
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (
+            {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "k",
+             "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu-west-1"},
+            {"endpoint_override": "127.0.0.1:9000", "scheme": "http", "access_key": "k",
+             "secret_key": "s", "region": "eu-west-1"},
+        ),
+        (
+            {"aws_endpoint": "minio:9000", "allow_http": "true", "access_key_id": "k",
+             "secret_access_key": "s", "token": "t", "region": "us-east-2"},
+            {"endpoint_override": "minio:9000", "scheme": "http", "access_key": "k",
+             "secret_key": "s", "session_token": "t", "region": "us-east-2"},
+        ),
+    ],
+)  # fmt: skip
+def test_folder_filesystem_takes_the_table_options(options: dict, expected: dict) -> None:
+    """Model folders reach the store with the very options deltalake takes for tables, in
+    any of deltalake's spellings."""
+    from germline.lineage.folders import filesystem
+
+    fs, path = filesystem("s3://bucket/lake", options)
+    assert path == "bucket/lake"
+    settings = fs.__reduce__()[1][0]  # what the filesystem was built with (how it pickles)
+    assert {k: settings[k] for k in expected} == expected
