@@ -4,8 +4,8 @@ Tables go through deltalake; a folder of files (weights, tokenizer, card, report
 pyarrow's filesystems, which reach the same stores with the same credentials. On a local lake
 a folder is just its path. On an object store every node reads a folder through its own cache
 ($GERMLINE_CACHE, else ~/.cache/germline): a model is downloaded once per node and fetched
-again only when the store's listing of it changed. That is what lets a model made on one node
-load on any other, with nothing shared but the store.
+again only when the stored folder's record (written last by every upload) changed. That is
+what lets a model made on one node load on any other, with nothing shared but the store.
 
 Two rules keep stored folders whole and portable:
 - Upload order: a folder's marker files (config.json, adapter_config.json, germline.json, the

@@ -162,7 +162,7 @@ def bootstrap_base(
         (tmp / "germline.json").write_text(json.dumps(meta, indent=2))
         (tmp / "README.md").write_text(_model_card(name, seed, meta))
 
-    folder = LakeFolders(lake).save(uri, write)
+    folder = folders.save(uri, write)
     return store.register_model(name, folder, attrs=meta["germline"], uri=uri)
 
 
