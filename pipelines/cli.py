@@ -111,7 +111,8 @@ def _storage_options(_ctx: click.Context, _param: click.Parameter, values: tuple
     multiple=True,
     metavar="KEY=VALUE",
     callback=_storage_options,
-    help="deltalake storage option for an object-store lake (repeatable; also "
+    help="Storage option for an object-store lake, in deltalake's keys: used for its tables "
+    "and, on S3, for its model and report folders (repeatable; also "
     "GERMLINE_STORAGE_OPTIONS as a JSON object).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
