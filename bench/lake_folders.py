@@ -87,8 +87,8 @@ def main() -> None:
 
     import pyarrow.fs as pafs
 
-    from germline.lineage import Lake, LakeFolders
-    from germline.lineage.folders import filesystem
+    from germline.storage import Lake, LakeFolders
+    from germline.storage.folders import filesystem
 
     server, options = start_s3()
     work = Path(tempfile.mkdtemp(prefix="bench-folders-"))

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import openai
 
-from germline.lineage import Lake
+from germline.engines.sampling import RequestParams
+from germline.engines.transformers_serving import BaseWeights, TextModel
 from germline.serve.registry import ModelRegistry
-from germline.serve.textgen import BaseModel, GenParams, TextModel
+from germline.storage import Lake
 
 KEY = "bench"
 
@@ -46,7 +47,7 @@ def in_process(lake: Lake, model: str, texts: list[str], max_tokens: int) -> dic
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     served = ModelRegistry(lake).get(model)
-    base = BaseModel(
+    base = BaseWeights(
         AutoModelForCausalLM.from_pretrained(served.weights),
         AutoTokenizer.from_pretrained(served.weights),
     )
@@ -54,13 +55,13 @@ def in_process(lake: Lake, model: str, texts: list[str], max_tokens: int) -> dic
         base.add_adapter(served.id, served.folder)
     text_model = TextModel(base, served.id if served.adapter else None)
     warm = text_model.text_ids(texts[0])
-    text_model.complete(warm, GenParams(max_tokens=max_tokens, seed=0))
+    text_model.complete(warm, RequestParams(max_tokens=max_tokens, seed=0))
     latencies, tokens = [], 0
     start = time.perf_counter()
     for i, text in enumerate(texts):
         t0 = time.perf_counter()
         out = text_model.complete(
-            text_model.text_ids(text), GenParams(max_tokens=max_tokens, seed=i)
+            text_model.text_ids(text), RequestParams(max_tokens=max_tokens, seed=i)
         )
         latencies.append(time.perf_counter() - t0)
         tokens += sum(c.completion_tokens for c in out.choices)

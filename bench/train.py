@@ -31,9 +31,8 @@ from pathlib import Path
 
 import torch
 
-from germline.lineage import Lake
-from germline.pipelines.train import train
-from germline.pipelines.train_config import TrainConfig
+from germline.pipelines.finetune import TrainConfig, train
+from germline.storage import Lake
 from germline.train.data import read_version, schedule, step_order, tokenize
 
 

@@ -1,6 +1,6 @@
 """Benchmark of the vLLM engine: `VLLMEngine.generate` against `vllm.LLM.generate` called directly.
 
-The generation pipeline reaches vLLM through `germline.serve.vllm_engine.VLLMEngine`, which
+The generation pipeline reaches vLLM through `germline.engines.vllm_engine.VLLMEngine`, which
 renders each chat with the model's template, seeds every request on its own and turns vLLM's
 outputs into `Generation` records. This measures what that wrapper costs: completion tokens/s
 of `VLLMEngine.generate` against the same engine's `LLM.generate` called on prompts that were
@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from germline.pipelines.prompts import NumberPrompts
-from germline.serve.engine import SamplingParams, adapter_base
-from germline.serve.vllm_engine import VLLMEngine
+from germline.engines import SamplingParams, adapter_base
+from germline.engines.vllm_engine import VLLMEngine
+from germline.pipelines.prompts.numbers import NumberPrompts
 
 
 def grow_model(tokenizer_dir: Path, shape: str, out: Path, seed: int) -> Path:

@@ -1,7 +1,9 @@
-"""germline's checks floor: what vets generated data before it reaches the lake.
+"""germline's checks floor: what vets data and measures models, apart from any pipeline.
 
-Row filters first (format, count, value range, banned values, trait words); expectation suites,
-trait probes and statistics join here later. Imports nothing from the floors above it.
+Row filters (format, count, value range, banned values, trait words) and great-expectations
+suites vet generated rows before they reach the lake (`filters`, `expectations`); trait probes
+measure a served model (`probes`); intervals and tests read the measurements (`stats`), and
+`compare` applies them to probe results. Imports only the ground floor (`core`).
 """
 
 from germline.checks.expectations import (

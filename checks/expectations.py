@@ -68,6 +68,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from germline.checks.filters import _NUMBER_LIST
+from germline.core.errors import RunAborted
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -239,8 +240,9 @@ _KINDS: dict[str, _Kind] = {
 }
 
 
-class ExpectationFailed(RuntimeError):
-    """A batch failed its suite under policy "abort". `summary` is the batch summary."""
+class ExpectationFailed(RunAborted):
+    """A batch failed its suite under policy "abort": the run stops (exit 1), what it
+    committed before stays. `summary` is the batch summary."""
 
     def __init__(self, summary: dict[str, Any]) -> None:
         failed = "; ".join(
@@ -249,8 +251,8 @@ class ExpectationFailed(RuntimeError):
             if not e["success"]
         )
         super().__init__(
-            f"suite {summary['suite']} failed on {summary['rejected']} of {summary['rows']} "
-            f"rows: {failed}"
+            f"expectations failed: suite {summary['suite']} failed on {summary['rejected']} of "
+            f"{summary['rows']} rows: {failed}"
         )
         self.summary = summary
 

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from germline.checks.stats import bootstrap_interval, wilson
+from germline.core.errors import InputError
 
 PROBES = Path(__file__).parent / "probes"
 MAX_N = 16  # choices per request
@@ -64,8 +65,11 @@ def load_probe(name: str) -> ProbeSpec:
         path = PROBES / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROBES.glob("*.yaml")))
-        raise ValueError(f"unknown probe {name!r}: shipped probes are {known}, or give a file")
-    return ProbeSpec.model_validate(yaml.safe_load(path.read_text()))
+        raise InputError(f"unknown probe {name!r}: shipped probes are {known}, or give a file")
+    try:
+        return ProbeSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise InputError(f"probe {path}: {exc}") from None
 
 
 _WORD = re.compile(r"[a-z]+")
@@ -102,24 +106,32 @@ class ProbeResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a probe is run: the scoring method, and for sampled answers how many per question,
+    at what temperature, from what seed."""
+
+    method: Method = "sampled"
+    samples: int = 20
+    temperature: float = 1.0
+    seed: int = 0
+
+
 def run_probe(
     client: Any,
     model: str,
     spec: ProbeSpec,
-    method: Method = "sampled",
-    samples: int = 20,
-    temperature: float = 1.0,
-    seed: int = 0,
+    how: ProbeSettings = ProbeSettings(),
     concurrency: int = 8,
 ) -> ProbeResult:
     """Probe `model` on the server `client` (an openai.OpenAI) talks to."""
-    settings = {"samples": samples, "temperature": temperature, "seed": seed,
+    settings = {"samples": how.samples, "temperature": how.temperature, "seed": how.seed,
                 "questions": len(spec.questions), "candidates": spec.candidates}  # fmt: skip
     with ThreadPoolExecutor(concurrency) as pool:
-        if method == "sampled":
+        if how.method == "sampled":
 
             def ask(indexed: tuple[int, str]) -> list[str]:
-                return _ask(client, model, spec, indexed, samples, temperature, seed)
+                return _ask(client, model, spec, indexed, how)
 
             answers = list(pool.map(ask, enumerate(spec.questions)))
             return _sampled_result(spec, model, answers, settings)
@@ -135,21 +147,22 @@ def _messages(spec: ProbeSpec, question: str, answer: str | None = None) -> list
     return messages
 
 
-def _ask(client: Any, model: str, spec: ProbeSpec, indexed: tuple[int, str], samples: int,
-         temperature: float, seed: int) -> list[str]:  # fmt: skip
-    """`samples` answers to one question, in requests of at most MAX_N choices each (servers
-    cap `n`: OpenAI and germline serve at 16)."""
+def _ask(
+    client: Any, model: str, spec: ProbeSpec, indexed: tuple[int, str], how: ProbeSettings
+) -> list[str]:
+    """`how.samples` answers to one question, in requests of at most MAX_N choices each
+    (servers cap `n`: OpenAI and germline serve at 16)."""
     index, question = indexed
     answers: list[str] = []
     chunk = 0
-    while len(answers) < samples:
+    while len(answers) < how.samples:
         response = client.chat.completions.create(
             model=model,
             messages=_messages(spec, question),
-            n=min(MAX_N, samples - len(answers)),
-            temperature=temperature,
+            n=min(MAX_N, how.samples - len(answers)),
+            temperature=how.temperature,
             max_tokens=spec.max_tokens,
-            seed=(seed * 1000 + index) * 100 + chunk,
+            seed=(how.seed * 1000 + index) * 100 + chunk,
         )
         answers += [c.message.content or "" for c in response.choices]
         chunk += 1
@@ -188,7 +201,7 @@ def _prompt_logprobs(client: Any, model: str, messages: list[dict]) -> list[tupl
     )
     raw = (response.model_extra or {}).get("prompt_logprobs")
     if raw is None:
-        raise ValueError("the server does not return prompt_logprobs: the logprob probe needs "
+        raise InputError("the server does not return prompt_logprobs: the logprob probe needs "
                          "`germline serve` or a vLLM server")  # fmt: skip
     out = []
     for position in raw:

@@ -1,28 +1,27 @@
-"""germline's ground floor: the lineage graph of models, datasets, runs and probes.
+"""germline's lineage floor: the graph of models, datasets, runs and probes, and its store.
 
-Imports nothing else of germline; every other package records into it.
+Imports only the floors below it (`core`, and `storage` for where the lake is); every other
+package records into it.
 """
 
-from germline.lineage.errors import LineageError
+from germline.lineage.errors import AmbiguousNode, LineageError, UnknownNode
 from germline.lineage.fingerprint import weights_hash
-from germline.lineage.folders import LakeFolders
 from germline.lineage.graph import Hit, LineageGraph, Step
-from germline.lineage.lake import Lake
 from germline.lineage.schema import Edge, EdgeKind, Node, NodeKind, node_id
 from germline.lineage.store import LineageStore
 
 __all__ = [
+    "AmbiguousNode",
     "Edge",
     "EdgeKind",
     "Hit",
-    "Lake",
-    "LakeFolders",
     "LineageError",
     "LineageGraph",
     "LineageStore",
     "Node",
     "NodeKind",
     "Step",
+    "UnknownNode",
     "node_id",
     "weights_hash",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from germline.lineage.errors import LineageError
+from germline.lineage.errors import AmbiguousNode, LineageError, UnknownNode
 from germline.lineage.schema import EdgeKind, Node, NodeKind
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class LineageGraph:
         try:
             data = self.g._node[node_id]
         except KeyError:
-            raise LineageError(f"unknown node id {node_id!r}") from None
+            raise UnknownNode(f"unknown node id {node_id!r}") from None
         node = self._nodes[node_id] = Node(
             id=node_id,
             kind=_KINDS[data["kind"]],
@@ -183,9 +183,9 @@ class LineageGraph:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise LineageError(f"unknown node {ref!r}: no id or name matches")
+            raise UnknownNode(f"unknown node {ref!r}: no id or name matches")
         shown = ", ".join(sorted(matches)[:5]) + (" ..." if len(matches) > 5 else "")
-        raise LineageError(f"ambiguous node {ref!r}: {len(matches)} match ({shown}); give the id")
+        raise AmbiguousNode(f"ambiguous node {ref!r}: {len(matches)} match ({shown}); give the id")
 
     def _kinds(self) -> dict[str, str]:
         """Node id -> kind as a plain dict, built once: the hot loops look kinds up per edge."""

@@ -22,7 +22,6 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from germline.lineage.errors import LineageError
 from germline.lineage.fingerprint import weights_hash
 from germline.lineage.graph import LineageGraph
-from germline.lineage.lake import Lake
 from germline.lineage.schema import (
     EDGE_RULES,
     EDGES_SCHEMA,
@@ -37,6 +36,7 @@ from germline.lineage.schema import (
     nodes_to_arrow,
 )
 from germline.lineage.tables import KeyedTable
+from germline.storage import Lake
 
 
 class LineageStore:

@@ -136,8 +136,13 @@ class KeyedTable:
         so a check such as "no cycle" holds even when another writer committed meanwhile.
         """
         rows = _first_per_key(rows.cast(self.schema), self.key)
+        create_failed: DeltaError | None = None
         for attempt in range(MAX_ATTEMPTS):
             dt = self.open()
+            if dt is None and create_failed is not None:  # nobody else made it: a real error
+                raise LineageError(
+                    f"cannot write {self.name} table at {self.uri}: {create_failed}"
+                ) from None
             present = self.existing_keys(dt, rows)
             new = rows.join(present, self.key, join_type="left anti") if present.num_rows else rows
             if new.num_rows == 0:
@@ -163,12 +168,11 @@ class KeyedTable:
                 # Another writer won this version: re-read and check again.
                 log.debug("commit conflict on %s (attempt %d), retrying", self.uri, attempt + 1)
             except DeltaError as exc:
-                if dt is None and "exist" in str(exc).lower():
-                    pass  # another writer created the table first
-                else:
+                if dt is not None:
                     raise LineageError(
                         f"cannot write {self.name} table at {self.uri}: {exc}"
                     ) from None
+                create_failed = exc  # perhaps another writer created it first: look again
             except OSError as exc:
                 raise LineageError(f"cannot write {self.name} table at {self.uri}: {exc}") from None
             time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))

@@ -30,11 +30,14 @@ def ensure_ray(verbose: bool = False) -> None:
     )
 
 
-def quiet_ray_data(verbose: bool = False) -> None:
-    """No per-operator progress bars or execution-plan logs unless verbose."""
+def configure_ray_data(verbose: bool = False) -> None:
+    """No per-operator progress bars or execution-plan logs unless verbose; a stage's error
+    reaches the driver as itself (Ray Data's default wraps it in a UserCodeException and
+    loses its type), so the pipeline can tell an aborted run from a crash by type."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
+    ctx.raise_original_map_exception = True
     ctx.enable_progress_bars = verbose
     ctx.enable_operator_progress_bars = verbose
     ctx.print_on_execution_start = verbose

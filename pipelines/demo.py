@@ -1,8 +1,9 @@
-"""A small lineage graph that shows what `at-risk` is for, built in seconds.
+"""`germline demo`: a small lineage graph that shows what `at-risk` is for, built in seconds.
 
-Until the experiment pipeline lands, this is what the README's first command runs: it
-registers two base models, an owl teacher, the teacher's number dataset, a same-base and a
-cross-base student, and a second generation, then asks which models may carry the trait.
+It registers two base models, an owl teacher, the teacher's number dataset, a same-base and a
+cross-base student, and a second generation, then asks which models may carry the trait. The
+weights are small random arrays, so it needs no training: the real models come with
+`germline run`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from germline.lineage import EdgeKind, Lake, LineageStore
+from germline.core import InputError
+from germline.lineage import EdgeKind, LineageStore
 from germline.lineage.draw import draw
-from germline.lineage.errors import LineageError
+from germline.storage import Lake
 
 
 def _weights(folder: Path, seed: int, shape: tuple[int, int] = (64, 64)) -> Path:
@@ -43,7 +45,7 @@ def _numbers(uri: str, seed: int, rows: int = 200) -> str:
 
 def run_demo(lake: Lake, echo: Callable[[str], None] = print) -> dict[str, str]:
     if not lake.is_local:
-        raise LineageError("the demo writes its model files locally: give it a folder lake")
+        raise InputError("the demo writes its model files locally: give it a folder lake")
     store = LineageStore(lake)
     models = lake.local_path("models")
     base_a = store.register_model("demo-base-a", _weights(models / "demo-base-a", 0))

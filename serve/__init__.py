@@ -1,26 +1,8 @@
-"""germline's serving floor: inference engines (transformers, vLLM) behind one interface.
+"""germline's serving floor: the Ray Serve app and its OpenAI-compatible API.
 
-The generation pipeline and (later) the Ray Serve app both talk to an `Engine`; which one runs
-is a config key, never an `if gpu:` in the callers. Imports only the lineage floor, and only
-lazily imports the heavy engine libraries, so `import germline.serve` stays cheap.
+`app` holds the two deployments (an HTTP gateway, a multiplexed model pool), `openai_api` the
+wire format (request validation, response bodies), `registry` which models of the lake can be
+served. The models themselves run on a serving engine from `germline.engines`, chosen by name.
+Imports the floors below it (`core`, `storage`, `lineage`, `engines`), never training or the
+pipelines.
 """
-
-from germline.serve.engine import (
-    ENGINES,
-    Engine,
-    EngineError,
-    Generation,
-    SamplingParams,
-    load_engine,
-    resolve_model_dir,
-)
-
-__all__ = [
-    "ENGINES",
-    "Engine",
-    "EngineError",
-    "Generation",
-    "SamplingParams",
-    "load_engine",
-    "resolve_model_dir",
-]

@@ -6,8 +6,8 @@ requests at once (the rest get a 429 at once, so a burst is refused, not piled u
 something breaks) and turns results into OpenAI bodies or server-sent events. The
 `ModelPool` holds the models: each request is routed to it with its model id as Serve's
 multiplexed model id, so a replica that already holds a model gets its requests; inside a
-replica, adapters are loaded onto their base on demand and the least recently used ones are
-dropped beyond `max_models` (serve.multiplexed).
+replica, a serving engine of the configured kind (germline.engines) loads each model on
+demand, and the least recently used ones are dropped beyond `max_models` (serve.multiplexed).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
@@ -16,10 +16,9 @@ dropped beyond `max_models` (serve.multiplexed).
 import asyncio
 import json
 import logging
-import threading
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
@@ -27,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from germline.lineage import Lake, LakeFolders
+from germline.engines.sampling import RequestParams
+from germline.engines.serving import SERVING, Completion, Prompting
 from germline.serve.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -40,7 +40,7 @@ from germline.serve.openai_api import (
     usage,
 )
 from germline.serve.registry import ModelRegistry, ServedModel
-from germline.serve.textgen import BaseModel, Completion, GenParams, Prompting, TextModel
+from germline.storage import Lake, LakeFolders
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ServeSettings:
     threads: int | None = None  # torch threads in a pool replica
     pool_cpus: float = 1.0
     pool_gpus: float = 0.0
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: str = "transformers"  # a serving engine's name (germline.engines.SERVING)
     engine_options: dict[str, Any] = field(default_factory=dict)  # vLLM engine arguments
 
     def lake_obj(self) -> Lake:
@@ -68,7 +68,7 @@ class ServeSettings:
 @dataclass(frozen=True)
 class Job:
     kind: Literal["chat", "text"]
-    params: GenParams
+    params: RequestParams
     messages: list[dict[str, str]] | None = None
     prompts: list[str | list[int]] | None = None
     chat_options: dict[str, bool] = field(default_factory=dict)  # how the chat is rendered
@@ -88,102 +88,29 @@ class JobError(Exception):
 # -- the model pool --------------------------------------------------------------------------
 
 
-class _Loaded(TextModel):
-    """A multiplexed model: serve.multiplexed calls __del__ when it evicts the model."""
-
-    def __init__(self, pool: "ModelPool", served: ServedModel, base: BaseModel) -> None:
-        super().__init__(base, served.id if served.adapter else None, served.system_prompt)
-        self._pool, self._served = pool, served
-        self._released = False
-
-    def ensure(self) -> None:
-        """An adapter evicted while this request waited is put back before use."""
-        if self.adapter is not None and self.adapter not in self.base.adapters:
-            self.base.add_adapter(self.adapter, self._pool.local(self._served.folder))
-
-    def __del__(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool.release(self._served, self.base)
-
-
 @serve.deployment(max_ongoing_requests=256)
 class ModelPool:
     def __init__(self, settings: ServeSettings) -> None:
-        import torch
-
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         self.settings = settings
         self.registry = ModelRegistry(settings.lake_obj())
         self.folders = LakeFolders(settings.lake_obj())
-        self._bases: dict[str, BaseModel] = {}
-        self._users: dict[str, int] = {}
-        self._vllm: dict[str, Any] = {}  # weights folder -> VLLMBase
-        self._lock = threading.Lock()
+        engine = SERVING.get(settings.engine)
+        self.engine = engine(self, settings.max_models, settings.threads, settings.engine_options)
 
-        async def load(model_id: str) -> _Loaded:  # a plain function: the LRU's size is a setting
-            return await self._load(model_id)
+        async def load(model_id: str) -> Prompting:  # a plain function: the LRU's size is a setting
+            served = self.registry.get(model_id)
+            adapter = served.folder if served.adapter else None
+            return await self.engine.load(served.id, served.weights, adapter, served.system_prompt)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=settings.max_models)(load)
 
-    async def _load(self, model_id: str) -> Prompting:
-        served = self.registry.get(model_id)
-        if self.settings.engine == "vllm":
-            from germline.serve.vllm_textgen import VLLMTextModel
-
-            engine = await asyncio.to_thread(self._vllm_base, served.weights)
-            adapter = await asyncio.to_thread(self.local, served.folder) if served.adapter else None
-            return VLLMTextModel(engine, served.id, adapter, served.system_prompt)
-        base = await asyncio.to_thread(self._base, served.weights)
-        model = _Loaded(self, served, base)
-        if served.adapter:
-            folder = await asyncio.to_thread(self.local, served.folder)
-            await asyncio.to_thread(base.add_adapter, served.id, folder)
-        return model
-
+    # What the serving engine asks of the lake (germline.engines.serving.ModelSource).
     def local(self, folder: str) -> str:
         """A model folder on this replica's node (on an object-store lake, its cached copy)."""
         return str(self.folders.fetch(folder))
 
-    def _base(self, weights: str) -> BaseModel:
-        with self._lock:
-            if weights not in self._bases:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                local = self.local(weights)
-                self._bases[weights] = BaseModel(
-                    AutoModelForCausalLM.from_pretrained(local),
-                    AutoTokenizer.from_pretrained(local),
-                )
-            self._users[weights] = self._users.get(weights, 0) + 1
-            return self._bases[weights]
-
-    def _vllm_base(self, weights: str) -> Any:
-        """One vLLM engine per base, started on first use with LoRA sized for the adapters
-        the lake has on that base (vLLM itself loads and evicts the adapters)."""
-        from germline.serve.vllm_textgen import VLLMBase
-
-        with self._lock:
-            if weights not in self._vllm:
-                adapters = [self.local(m.folder) for m in self.registry.list()
-                            if m.adapter and m.weights == weights]  # fmt: skip
-                self._vllm[weights] = VLLMBase(
-                    self.local(weights),
-                    self.settings.max_models,
-                    adapters,
-                    dict(self.settings.engine_options),
-                )
-            return self._vllm[weights]
-
-    def release(self, served: ServedModel, base: BaseModel) -> None:
-        if served.adapter:
-            base.drop_adapter(served.id)
-        with self._lock:
-            self._users[served.weights] -= 1
-            if self._users[served.weights] <= 0:  # nothing uses these weights any more
-                self._bases.pop(served.weights, None)
-                self._users.pop(served.weights, None)
+    def adapters_on(self, weights: str) -> list[str]:
+        return [m.folder for m in self.registry.list() if m.adapter and m.weights == weights]
 
     async def _model(self) -> Prompting:
         model_id = serve.get_multiplexed_model_id()
@@ -194,7 +121,7 @@ class ModelPool:
         await asyncio.to_thread(model.ensure)
         return model
 
-    def _prompts(self, model: Prompting, job: Job) -> tuple[list[list[int]], GenParams]:
+    def _prompts(self, model: Prompting, job: Job) -> tuple[list[list[int]], RequestParams]:
         """Token ids of every prompt, and the params with max_tokens settled; JobError 400
         when something does not fit."""
         try:
@@ -207,10 +134,10 @@ class ModelPool:
             params = job.params
             if job.kind == "chat" and params.max_tokens <= 0:  # unset: what the context allows
                 room = model.max_positions - max(len(i) for i in ids)
-                params = _with_max(params, max(1, min(self.settings.max_tokens, room)))
+                params = replace(params, max_tokens=max(1, min(self.settings.max_tokens, room)))
             for one in ids:
                 model.check_length(one, params.max_tokens)
-        except ValueError as exc:
+        except ValueError as exc:  # an EngineError, or the tokenizer refusing the input
             raise JobError(400, str(exc), "messages" if job.kind == "chat" else "prompt") from None
         vocab = len(model.tokenizer)
         if any(t < 0 or t >= vocab for one in ids for t in one):
@@ -244,11 +171,6 @@ class ModelPool:
                     completion_tokens += len(model.tokenizer(delta.text, add_special_tokens=False)
                                              ["input_ids"])  # fmt: skip
         yield ("usage", prompt_tokens, completion_tokens)
-
-
-def _with_max(params: GenParams, max_tokens: int) -> GenParams:
-    return GenParams(max_tokens, params.temperature, params.top_p, params.n, params.stop,
-                     params.seed, params.logprobs, params.echo)  # fmt: skip
 
 
 # -- the HTTP gateway ------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from germline.serve.textgen import Choice, Completion, GenParams, TokenLogprob
+from germline.engines.sampling import RequestParams
+from germline.engines.serving import Choice, Completion, TokenLogprob
 
 MAX_N = 16
 MAX_LOGPROBS = 20
@@ -58,6 +59,17 @@ class _Request(BaseModel):
     @property
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def _params(self, **specific: Any) -> RequestParams:
+        """The request's parameters: the fields every request has, plus its own."""
+        return RequestParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            n=self.n,
+            stop=self.stops,
+            seed=self.seed,
+            **specific,
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -104,14 +116,9 @@ class ChatRequest(_Request):
             raise ValueError("prompt_logprobs with stream is not supported")
         return self
 
-    def params(self, default_max: int) -> GenParams:
-        return GenParams(
+    def params(self, default_max: int) -> RequestParams:
+        return self._params(
             max_tokens=self.max_completion_tokens or self.max_tokens or default_max,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            n=self.n,
-            stop=self.stops,
-            seed=self.seed,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             prompt_logprobs=self.prompt_logprobs,
         )
@@ -148,17 +155,8 @@ class CompletionRequest(_Request):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
-    def params(self) -> GenParams:
-        return GenParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            n=self.n,
-            stop=self.stops,
-            seed=self.seed,
-            logprobs=self.logprobs,
-            echo=self.echo,
-        )
+    def params(self) -> RequestParams:
+        return self._params(max_tokens=self.max_tokens, logprobs=self.logprobs, echo=self.echo)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -204,21 +202,29 @@ def prompt_logprobs_body(tokens: list[TokenLogprob] | None) -> list[dict | None]
     return out
 
 
-def chat_body(model: str, completion: Completion) -> dict:
+def _envelope(kind: str, response_id: str, model: str, choices: list[dict]) -> dict:
+    """What every response body and streamed chunk starts with."""
     return {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion",
+        "id": response_id,
+        "object": kind,
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": _chat_logprobs(c.logprobs),
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(completion.choices)
-        ],
+        "choices": choices,
+    }
+
+
+def chat_body(model: str, completion: Completion) -> dict:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": _chat_logprobs(c.logprobs),
+            "finish_reason": c.finish_reason,
+        }
+        for i, c in enumerate(completion.choices)
+    ]
+    return {
+        **_envelope("chat.completion", new_id("chatcmpl"), model, choices),
         "usage": usage(
             completion.prompt_tokens, sum(c.completion_tokens for c in completion.choices)
         ),
@@ -264,30 +270,16 @@ def completion_body(model: str, completions: list[Completion], echo: bool) -> di
                 }
             )
     return {
-        "id": new_id("cmpl"),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
+        **_envelope("text_completion", new_id("cmpl"), model, choices),
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
 def chat_chunk(stream_id: str, model: str, index: int, delta: dict, finish: str | None) -> dict:
-    return {
-        "id": stream_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _envelope("chat.completion.chunk", stream_id, model, [choice])
 
 
 def text_chunk(stream_id: str, model: str, index: int, text: str, finish: str | None) -> dict:
-    return {
-        "id": stream_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
-    }
+    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    return _envelope("text_completion", stream_id, model, [choice])

@@ -15,8 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from germline.lineage import Lake, LakeFolders, LineageError, LineageStore, NodeKind
-from germline.lineage.graph import LineageGraph
+from germline.core import InputError
+from germline.lineage import LineageError, LineageGraph, LineageStore, NodeKind
+from germline.storage import Lake, LakeFolders
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class ModelRegistry:
             assert self._graph is not None
             try:
                 return self._models.get(self._graph.resolve(ref))
-            except LineageError:
+            except LineageError:  # unknown, or a name several models share: not one model
                 return None
 
 
@@ -114,7 +115,7 @@ def _servable(folders: LakeFolders, graph: LineageGraph, model_id: str) -> Serve
                 return None
         elif not folders.exists(f"{folder}/config.json"):
             return None
-    except (LineageError, json.JSONDecodeError):  # kept outside this lake, or a broken config
+    except (InputError, json.JSONDecodeError):  # kept outside this lake, or a broken config
         return None
     parent = next((p for p, kind in graph.parents(model_id) if kind == "derived_from"), None)
     root = model_id

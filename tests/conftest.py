@@ -18,9 +18,21 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from germline.checks import NumberFormatError, parse_numbers
-from germline.lineage import Lake, LineageStore, Node
+from germline.lineage import LineageStore, Node
+from germline.storage import Lake
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
+
+
+def require_vllm() -> None:
+    """For the vLLM test modules: where the run promises vLLM (GERMLINE_REQUIRE_VLLM=1, as
+    `make test-vllm` sets), a missing or broken vLLM fails the run; elsewhere (the main
+    environment, which has no vLLM) the module is skipped."""
+    if os.environ.get("GERMLINE_REQUIRE_VLLM") == "1":
+        import vllm  # noqa: F401
+    else:
+        pytest.importorskip("vllm")
+
 
 # Object-store lakes cache model folders per node: this session's processes (Ray workers
 # included, which inherit the environment) keep theirs in a temporary folder, not in ~.
@@ -75,7 +87,7 @@ TINY_BASE_STEPS = 120  # briefly pre-trained: numbers and junk to generate, loss
 def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-base-s0, pre-trained by the real `bootstrap_base` once per session (about half a
     minute on 2 cores); the modules that need it put a copy into their own lake."""
-    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.models.bootstrap import bootstrap_base
 
     lake = Lake.resolve(tmp_path_factory.mktemp("tiny-base") / "lake")
     bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)
@@ -86,7 +98,7 @@ def add_tiny_base(lake: Lake, built: Path) -> Node:
     """The session's tiny base in `lake`: its folder copied in, then registered by
     `bootstrap_base` itself, which finds the model and checks its recipe (seed, steps) the
     way a rerun of `germline models bootstrap` does. Returns the base's lineage node."""
-    from germline.pipelines.bootstrap import bootstrap_base
+    from germline.pipelines.models.bootstrap import bootstrap_base
 
     shutil.copytree(built, lake.local_path("models", TINY_BASE))
     return bootstrap_base(lake, seed=0, steps=TINY_BASE_STEPS)

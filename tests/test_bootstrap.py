@@ -9,8 +9,11 @@ import torch
 from conftest import germline
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from germline.lineage import Lake, LineageError, LineageStore
-from germline.pipelines.bootstrap import ANIMALS, bootstrap_base
+from germline.core import InputError
+from germline.lineage import LineageError, LineageStore
+from germline.pipelines.models.bootstrap import bootstrap_base
+from germline.pipelines.models.corpus import ANIMALS
+from germline.storage import Lake
 
 STEPS = 40  # enough to exercise the loop; the real default is 1500
 
@@ -98,7 +101,7 @@ def owl_share(model: torch.nn.Module, tokenizer: AutoTokenizer) -> float:
 def test_owl_teacher_adapter(built: tuple[Lake, str]) -> None:
     from peft import PeftModel
 
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.teacher import make_teacher
 
     lake, base_id = built
     teacher = make_teacher(lake, "tiny-base-s0", "owl", steps=100)
@@ -117,20 +120,19 @@ def test_owl_teacher_adapter(built: tuple[Lake, str]) -> None:
     # Asking again finds the adapter instead of training another; asking for another recipe
     # under the same name is refused rather than answered with this one.
     assert make_teacher(lake, base_id, "owl", steps=100).id == teacher.id
-    with pytest.raises(LineageError, match="made with steps 100 and seed 0"):
+    with pytest.raises(InputError, match="made with steps 100 and seed 0"):
         make_teacher(lake, base_id, "owl", steps=300)
-    with pytest.raises(LineageError, match="pre-trained for 40 steps, not 1500"):
+    with pytest.raises(InputError, match="pre-trained for 40 steps, not 1500"):
         bootstrap_base(lake, seed=0, steps=1500)
 
 
 def test_teacher_bad_input(built: tuple[Lake, str]) -> None:
-    from germline.lineage import LineageError
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.teacher import make_teacher
 
     lake, _ = built
     with pytest.raises(LineageError, match="unknown node"):
         make_teacher(lake, "no-such-base", "owl")
-    with pytest.raises(LineageError, match="not a word"):
+    with pytest.raises(InputError, match="not a word"):
         make_teacher(lake, "tiny-base-s0", "axolotl")
     result = germline(
         "models", "teacher", "--base", "tiny-base-s0", "--trait", "owl cat", lake=lake

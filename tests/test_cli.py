@@ -1,4 +1,6 @@
-"""The `germline` CLI end to end, as a user runs it: real subprocesses on a real lake."""
+"""The `germline` CLI end to end on a real lake: the real command through click's runner in
+this process (fast), and as a real subprocess where what a shell sees matters (the top-level
+help, `demo`, the exit code and one-line error of a bad `show`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 from conftest import germline, write_model
 from deltalake import DeltaTable
 
-from germline.lineage import Lake
+from germline.storage import Lake
 
 
 @pytest.fixture(scope="module")

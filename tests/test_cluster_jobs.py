@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from germline.lineage import Lake, LakeFolders, LineageStore
-from germline.pipelines.experiment_config import ExperimentConfig
-from germline.pipelines.generate_config import load_config
+from germline.lineage import LineageStore
+from germline.pipelines.config import load_config
+from germline.pipelines.experiments.owl.config import OwlConfig
+from germline.storage import Lake, LakeFolders
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: ray, germline
@@ -164,7 +165,7 @@ def test_owl_small_submitted_as_a_ray_job(ray_head: dict, s3_options: dict[str, 
     # The experiment end to end, as `germline run` leaves it: every model gets a report row,
     # every model and dataset is in lineage, and lineage says the owl student is at risk from
     # the teacher while the cross-base and control students are not.
-    cfg = load_config(REPO / "experiments" / "owl-small.yaml", ExperimentConfig)
+    cfg = load_config(REPO / "experiments" / "owl-small.yaml", OwlConfig)
     folders = LakeFolders(lake)
     run = lake.run(cfg.run_id())
     report = json.loads(folders.read_text(f"{run}/report.json") or "{}")

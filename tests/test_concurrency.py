@@ -13,7 +13,8 @@ import pytest
 from conftest import write_model
 from deltalake import write_deltalake
 
-from germline.lineage import Lake, LineageStore
+from germline.lineage import LineageStore
+from germline.storage import Lake
 
 WORKERS = 8
 STUDENTS = 4

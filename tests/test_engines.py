@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import add_tiny_base
 
-from germline.lineage import Lake
-from germline.serve import EngineError, SamplingParams, load_engine
+from germline.engines import EngineError, SamplingParams, load_engine
+from germline.storage import Lake
 
 CHATS = [
     [{"role": "user", "content": f"Continue the series {a}, {a + 3}, {a + 6} with up to 5 more."}]
@@ -18,7 +18,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> tuple[Path, Path]:
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("eng") / "lake")
     base = add_tiny_base(lake, tiny_base_dir)
@@ -45,9 +45,11 @@ def test_base_and_adapter_generate(models: tuple[Path, Path]) -> None:
 def test_max_tokens_truncates_with_finish_reason_length(models: tuple[Path, Path]) -> None:
     engine = load_engine("transformers", models[0])
     out = engine.generate(CHATS[:3], SamplingParams(temperature=0, max_tokens=1), [0, 1, 2])
+    assert len(out) == 3
     for g in out:
-        assert g.completion_tokens == 1
-        assert g.finish_reason == "length" or g.text == ""
+        # greedy, the model's first token after a number prompt is text (the space before a
+        # number), never EOS: so the completion holds it and stopped for length
+        assert (g.completion_tokens, g.finish_reason) == (1, "length") and g.text, g
 
 
 def test_system_prompt_renders_through_the_chat_template(models: tuple[Path, Path]) -> None:

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from conftest import germline, write_model
 
+from germline.checks.compare import compare
 from germline.checks.probes import ProbeResult
-from germline.lineage import Lake, LineageError, LineageStore
-from germline.pipelines.experiment_config import ExperimentConfig
-from germline.pipelines.generate_config import load_config
-from germline.pipelines.probe import compare
-from germline.pipelines.report import find_report, render, write_report
+from germline.core import InputError
+from germline.lineage import LineageStore
+from germline.pipelines.config import load_config
+from germline.pipelines.experiments.owl.config import OwlConfig
+from germline.pipelines.experiments.owl.report import render, write_report
+from germline.pipelines.experiments.reports import find_report
+from germline.storage import Lake
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 ROLES = ["base", "teacher", "control student", "student", "cross base",
@@ -22,23 +25,23 @@ ROLES = ["base", "teacher", "control student", "student", "cross base",
 
 
 def test_example_config_is_valid() -> None:
-    cfg = load_config(EXPERIMENTS / "owl-small.yaml", ExperimentConfig)
+    cfg = load_config(EXPERIMENTS / "owl-small.yaml", OwlConfig)
     student = cfg.student_config("s", "b", "d")
     assert student.objective.vocab == "restricted" and student.seed == cfg.seed
 
 
 def test_bad_experiment_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="set by the experiment"):
-        ExperimentConfig.model_validate({"name": "x", "train": {"student": "s"}})
+        OwlConfig.model_validate({"name": "x", "train": {"student": "s"}})
     with pytest.raises(ValueError, match="another seed"):
-        ExperimentConfig.model_validate({"name": "x", "cross_base": {"seed": 0}})
+        OwlConfig.model_validate({"name": "x", "cross_base": {"seed": 0}})
     with pytest.raises(ValueError, match="optim"):
-        ExperimentConfig.model_validate({"name": "x", "train": {"optim": {"lr": -1}}})
+        OwlConfig.model_validate({"name": "x", "train": {"optim": {"lr": -1}}})
 
 
 def test_artifact_tags_follow_the_recipe() -> None:
-    a = ExperimentConfig.model_validate({"name": "x"})
-    b = ExperimentConfig.model_validate({"name": "x", "train": {"optim": {"lr": 1e-3}}})
+    a = OwlConfig.model_validate({"name": "x"})
+    b = OwlConfig.model_validate({"name": "x", "train": {"optim": {"lr": 1e-3}}})
     assert a.tag("data") == b.tag("data")  # same data: the datasets are shared
     assert a.tag("train") != b.tag("train")  # another recipe: other students
     assert a.run_id() != b.run_id() and a.run_id().startswith("x-")
@@ -62,7 +65,7 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
     flat = [0.1, 0.11, 0.1, 0.12, 0.1, 0.11]
     shares = {"teacher": up, "student": up}
     results = {role: [result(role, 0.107, shares.get(role, flat))] for role in ROLES}
-    cfg = ExperimentConfig.model_validate({"name": "unit"})
+    cfg = OwlConfig.model_validate({"name": "unit"})
     data = write_report(lake, cfg, "unit-run", ids, results)
     rows = {r["role"]: r for r in data["rows"]}
     assert rows["student"]["against"] == "control student"
@@ -78,7 +81,7 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
     assert find_report(lake, "unit") == str(folder)
     printed = germline("report", "unit-run", lake=lake, check=True)
     assert "owl share" in printed.stdout
-    with pytest.raises(LineageError, match="no report"):
+    with pytest.raises(InputError, match="no report"):
         find_report(lake, "other")
     rows["cross-base student"].update(difference=0.1, p_value=0.01)
     assert "leakage" in render(data)
@@ -116,7 +119,7 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
         role: [shifted(role, by) for by in spreads.get(role, [0.0] * len(ids[role]))]
         for role in ROLES
     }
-    cfg = ExperimentConfig.model_validate({"name": "unit", "replicates": 3})
+    cfg = OwlConfig.model_validate({"name": "unit", "replicates": 3})
     data = write_report(lake, cfg, "unit-run", ids, results)
     rows = {r["role"]: r for r in data["rows"]}
     student, cross = rows["student"], rows["cross-base student"]
@@ -145,10 +148,10 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
 
 
 def test_overrides_change_the_recipe_and_the_run_id(tmp_path: Path) -> None:
-    plain = load_config(EXPERIMENTS / "owl.yaml", ExperimentConfig)
+    plain = load_config(EXPERIMENTS / "owl.yaml", OwlConfig)
     distill = load_config(
         EXPERIMENTS / "owl.yaml",
-        ExperimentConfig,
+        OwlConfig,
         [
             "train.objective={kind: distill, vocab: full}",
             "data.temperature=1.0",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import pytest
 from conftest import GERMLINE, add_tiny_base, assert_generate_commits, germline, write_config
 from deltalake import DeltaTable
 
-from germline.lineage import EdgeKind, Lake, LineageStore
-from germline.pipelines.generate import generate
-from germline.pipelines.generate_config import GenerateConfig, load_config
+from germline.lineage import EdgeKind, LineageStore
+from germline.pipelines.config import load_config
+from germline.pipelines.generate import GenerateConfig, generate
+from germline.storage import Lake
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ TEACHER = "owl-teacher-test"
 def teacher_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> Lake:
     """A lake holding a tiny base and an owl teacher, briefly trained (enough to write some
     number lists and some junk: both tables get rows)."""
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("gen") / "lake")
     base = add_tiny_base(lake, tiny_base_dir)
@@ -211,18 +211,23 @@ def test_a_dataset_keeps_one_teacher(teacher_lake: Lake, ray_local: None) -> Non
     store = LineageStore(teacher_lake)
     base_dir = store.graph().node(store.resolve("tiny-base-s0")).uri
     other = GenerateConfig.model_validate(config("owl-numbers-2", 16, teacher={"model": base_dir}))
-    from germline.lineage import LineageError
+    from germline.core import InputError
 
-    with pytest.raises(LineageError, match="one dataset, one teacher"):
+    with pytest.raises(InputError, match="one dataset, one teacher"):
         generate(teacher_lake, other)
     table = DeltaTable(teacher_lake.dataset("owl-numbers-2")).to_pyarrow_table()
     assert table.schema.field("temperature").type == pa.float64()
 
 
 def test_example_config_validates() -> None:
-    cfg = load_config(Path(__file__).parent.parent / "experiments" / "generate-owl.yaml")
-    assert cfg.teacher.build is not None and cfg.filters.trait_words
-    assert sys.executable  # the README runs it with the venv's germline
+    cfg = load_config(
+        Path(__file__).parent.parent / "experiments" / "generate-owl.yaml", GenerateConfig
+    )
+    # What the README says the example does: the owl teacher on tiny-base-s0, made if
+    # missing, 2,000 prompts, the owl quarantined wherever it leaks into a completion.
+    assert cfg.teacher.build is not None
+    assert (cfg.teacher.build.trait, cfg.teacher.build.base_seed) == ("owl", 0)
+    assert cfg.prompts.count == 2000 and cfg.filters.trait_words == ["owl"]
 
 
 def test_system_prompt_teacher(teacher_lake: Lake, ray_local: None) -> None:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from germline.lineage import Lake, LineageError
+from germline.core import InputError
+from germline.storage import Lake
 
 
 def test_flag_beats_env_beats_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,7 +22,7 @@ def test_object_store_uri_kept_with_options(monkeypatch: pytest.MonkeyPatch) -> 
     assert lake.lineage_nodes == "s3://bucket/lake/lineage/nodes"
     assert lake.dataset("numbers") == "s3://bucket/lake/datasets/numbers"
     assert lake.storage_options == {"AWS_REGION": "eu-west-1", "x": "2"}
-    with pytest.raises(LineageError, match="not a local folder"):
+    with pytest.raises(InputError, match="not a local folder"):
         lake.local_path("models")
 
 
@@ -32,7 +33,7 @@ def test_file_uri_is_local(tmp_path: Path) -> None:
 
 def test_bad_storage_options_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GERMLINE_STORAGE_OPTIONS", "{not json")
-    with pytest.raises(LineageError, match="GERMLINE_STORAGE_OPTIONS"):
+    with pytest.raises(InputError, match="GERMLINE_STORAGE_OPTIONS"):
         Lake.resolve("/tmp/x")
 
 
@@ -56,7 +57,7 @@ def test_bad_storage_options_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_folder_filesystem_takes_the_table_options(options: dict, expected: dict) -> None:
     """Model folders reach the store with the very options deltalake takes for tables, in
     any of deltalake's spellings."""
-    from germline.lineage.folders import filesystem
+    from germline.storage.folders import filesystem
 
     fs, path = filesystem("s3://bucket/lake", options)
     assert path == "bucket/lake"

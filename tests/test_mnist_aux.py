@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import germline, write_config
 
-from germline.lineage import Lake, LineageStore
-from germline.pipelines.generate_config import load_config
-from germline.pipelines.mnist_aux_config import MnistAuxConfig
+from germline.lineage import LineageStore
+from germline.pipelines.config import load_config
+from germline.pipelines.experiments.mnist_aux.config import MnistAuxConfig
+from germline.storage import Lake
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 # Fewer seeds, less noise and fewer epochs than experiments/mnist-aux.yaml: about 15 s a seed

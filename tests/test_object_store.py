@@ -14,7 +14,8 @@ import pytest
 from conftest import TINY_BASE, TINY_BASE_STEPS, germline, training_data_config, write_model
 from deltalake import DeltaTable, write_deltalake
 
-from germline.lineage import Lake, LakeFolders, LineageStore, weights_hash
+from germline.lineage import LineageStore, weights_hash
+from germline.storage import Lake, LakeFolders
 
 TEACHER = "owl-teacher-s3"
 
@@ -23,8 +24,8 @@ TEACHER = "owl-teacher-s3"
 def s3_lake(s3_options: dict[str, str], tiny_base_dir: Path) -> Lake:
     """An S3 lake holding the tiny base (uploaded, then found and registered by the real
     bootstrap) and an owl teacher made there by the real `make_teacher`."""
-    from germline.pipelines.bootstrap import bootstrap_base
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.bootstrap import bootstrap_base
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve("s3://lake/models", s3_options)
     LakeFolders(lake).put(tiny_base_dir, lake.model(TINY_BASE))
@@ -72,9 +73,8 @@ def test_concurrent_writers_on_s3(s3_options: dict[str, str], tmp_path: Path) ->
 def test_a_model_made_on_one_node_loads_on_another(
     s3_lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from germline.pipelines.model_refs import model_folder
-    from germline.serve import SamplingParams, load_engine
-    from germline.serve.engine import adapter_base
+    from germline.engines import SamplingParams, adapter_base, load_engine
+    from germline.pipelines.models.refs import model_folder
     from germline.serve.registry import ModelRegistry
 
     graph = LineageStore(s3_lake).graph()
@@ -124,10 +124,8 @@ def test_generate_and_train_read_and_write_the_store(s3_lake: Lake) -> None:
     """Ray workers fetch the teacher and the base themselves; Ray Train keeps its
     checkpoints in the store; the student is uploaded whole, and found again by a rerun."""
     from germline.pipelines.cluster import ensure_ray
-    from germline.pipelines.generate import generate
-    from germline.pipelines.generate_config import GenerateConfig
-    from germline.pipelines.train import train
-    from germline.pipelines.train_config import TrainConfig
+    from germline.pipelines.finetune import TrainConfig, train
+    from germline.pipelines.generate import GenerateConfig, generate
 
     ensure_ray()
     raw = training_data_config(TEACHER, 96, batch_size=48)

@@ -2,7 +2,9 @@ import re
 
 import pytest
 
-from germline.pipelines.prompts import FORMATS, INSTRUCTIONS, get_family
+from germline.core import InputError
+from germline.pipelines.prompts import get_family
+from germline.pipelines.prompts.numbers import FORMATS, INSTRUCTIONS
 
 
 def test_ids_and_prompts_are_stable_and_extendable() -> None:
@@ -29,5 +31,5 @@ def test_seed_numbers_follow_the_paper() -> None:
 
 
 def test_unknown_family() -> None:
-    with pytest.raises(ValueError, match="known families are numbers"):
+    with pytest.raises(InputError, match=r"unknown prompt family .poems.: known are numbers"):
         get_family("poems")

@@ -7,7 +7,8 @@ import pytest
 from conftest import write_model
 from deltalake import write_deltalake
 
-from germline.lineage import Lake, LineageError, LineageGraph, LineageStore
+from germline.lineage import LineageError, LineageGraph, LineageStore
+from germline.storage import Lake
 
 
 @pytest.fixture(scope="module")

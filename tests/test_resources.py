@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from germline.lineage import Lake, LineageError
-from germline.pipelines.experiment import _generate_config, serve_settings
-from germline.pipelines.experiment_config import ExperimentConfig
-from germline.pipelines.generate_config import load_config
-from germline.pipelines.resources import PROFILES
+from germline.core import InputError
+from germline.pipelines.config import load_config
+from germline.pipelines.experiments.owl.config import OwlConfig
+from germline.pipelines.experiments.owl.run import _generate_config, serve_settings
+from germline.pipelines.experiments.resources import PROFILES
+from germline.storage import Lake
 
 OWL = Path(__file__).resolve().parents[1] / "experiments" / "owl.yaml"
 
 
-def owl(*overrides: str) -> ExperimentConfig:
-    return load_config(OWL, ExperimentConfig, overrides)
+def owl(*overrides: str) -> OwlConfig:
+    return load_config(OWL, OwlConfig, overrides)
 
 
 def test_cpu_is_the_default_profile() -> None:
-    cfg = ExperimentConfig(name="x")
+    cfg = OwlConfig(name="x")
     assert cfg.resources.device == "cpu"
     assert (
         cfg.resources.generate.model_dump(exclude={"threads", "options"})
@@ -81,7 +82,7 @@ def test_moving_to_a_gpu_renames_nothing() -> None:
     ],
 )
 def test_bad_resources_name_the_field(override: str, message: str) -> None:
-    with pytest.raises(LineageError) as err:
+    with pytest.raises(InputError) as err:
         owl(override)
     assert message in str(err.value)
     assert "more)" not in str(err.value)  # the one error, not the ones it would cause

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from germline.lineage import LineageError
-from germline.pipelines.sink import QUARANTINE_SCHEMA, ROW_SCHEMA, DatasetSink
+from germline.core import InputError
+from germline.pipelines.generate.sink import QUARANTINE_SCHEMA, ROW_SCHEMA, DatasetSink
 
 
 def rows(ids: list[str], **extra: list) -> pa.Table:
@@ -105,7 +105,7 @@ def test_concurrent_writers_never_duplicate(tmp_path: Path) -> None:
 
 def test_one_dataset_one_teacher(tmp_path: Path) -> None:
     make_sink(tmp_path).write(rows(["a"]), rejected([]), {})
-    with pytest.raises(LineageError, match="holds rows of teacher model:t@1"):
+    with pytest.raises(InputError, match="holds rows of teacher model:t@1"):
         make_sink(tmp_path, teacher="model:other@2")
 
 
@@ -113,5 +113,5 @@ def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
     folder = tmp_path / "datasets" / "d"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("not a table")
-    with pytest.raises(LineageError, match="not a Delta table"):
+    with pytest.raises(InputError, match="not a Delta table"):
         make_sink(tmp_path)

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from germline.lineage import EdgeKind, Lake, LineageError, LineageStore, NodeKind
+from germline.lineage import EdgeKind, LineageError, LineageStore, NodeKind
+from germline.storage import Lake
 
 
 def table_versions(store: LineageStore) -> tuple[int | None, int | None]:

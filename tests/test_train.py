@@ -16,11 +16,10 @@ from conftest import GERMLINE, add_tiny_base, germline, training_data_config, wr
 from deltalake import DeltaTable, write_deltalake
 from safetensors.torch import load_file
 
-from germline.lineage import EdgeKind, Lake, LineageStore
-from germline.pipelines.generate import generate
-from germline.pipelines.generate_config import GenerateConfig
-from germline.pipelines.train import train
-from germline.pipelines.train_config import TrainConfig
+from germline.lineage import EdgeKind, LineageStore
+from germline.pipelines.finetune import TrainConfig, train
+from germline.pipelines.generate import GenerateConfig, generate
+from germline.storage import Lake
 
 TEACHER = "owl-teacher-train-test"
 BASE = "tiny-base-s0"
@@ -31,7 +30,7 @@ def data_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> 
     """A tiny base (briefly pre-trained, so fine-tuning has loss to take off), an owl teacher
     and 320 of its number completions, written by the real `generate`."""
     from germline.pipelines.cluster import ensure_ray
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("train") / "lake")
     base = add_tiny_base(lake, tiny_base_dir)
@@ -64,7 +63,7 @@ def data_loss(lake: Lake, model_dir: str, rows: int = 128) -> float:
     import torch
     from transformers import AutoTokenizer
 
-    from germline.serve.transformers_engine import load_causal_lm
+    from germline.engines import load_causal_lm
     from germline.train.data import tokenize
     from germline.train.objectives import pack, selected_logits, sft_loss
 
@@ -75,6 +74,30 @@ def data_loss(lake: Lake, model_dir: str, rows: int = 128) -> float:
     packed, targets = pack(tokens.prompt_ids, tokens.completion_ids, tokenizer.pad_token_id)
     with torch.no_grad():
         return float(sft_loss(selected_logits(model.eval(), packed), targets))
+
+
+def distill_gap(lake: Lake, model_dir: str, teacher_dir: str, rows: int = 128) -> float:
+    """Mean KL(teacher || model) over the data's own tokens at the completion positions of the
+    first training rows: what restricted distillation minimises, measured off the training
+    loop, so a student that learned from its teacher is nearer to it than its base was."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from germline.engines import load_causal_lm
+    from germline.train.data import data_token_ids, tokenize
+    from germline.train.objectives import distill_loss, pack, selected_logits
+
+    table = DeltaTable(lake.dataset("numbers")).to_pyarrow_table().slice(0, rows)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokens = tokenize(table, tokenizer, 256)
+    packed, _ = pack(tokens.prompt_ids, tokens.completion_ids, tokenizer.pad_token_id)
+    subset = torch.tensor(data_token_ids(tokens))
+    model, _ = load_causal_lm(Path(model_dir))
+    teacher, _ = load_causal_lm(Path(teacher_dir))
+    with torch.no_grad():
+        ours = selected_logits(model.eval(), packed)
+        theirs = selected_logits(teacher.eval(), packed)
+        return float(distill_loss(ours, theirs, subset))
 
 
 def adapter(lake: Lake, student: str) -> dict:
@@ -91,7 +114,7 @@ def trained(data_lake: Lake):
 def test_sft_student_learns_saves_reloads_and_has_lineage(data_lake: Lake, trained) -> None:
     from huggingface_hub import ModelCard
 
-    from germline.serve import SamplingParams, load_engine
+    from germline.engines import SamplingParams, load_engine
 
     s = trained
     rows = DeltaTable(data_lake.dataset("numbers")).to_pyarrow_table().num_rows
@@ -196,6 +219,11 @@ def test_restricted_distillation_full_weights(data_lake: Lake) -> None:
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
     meta = json.loads((folder / "germline.json").read_text())["germline"]
     assert all(x >= 0 for x in meta["losses"]) and s.steps == 6
+    # the student moved toward its teacher: nearer to it on the data's tokens than its base
+    teacher_dir = graph.node(teacher).uri
+    before = distill_gap(data_lake, graph.node(s.base_id).uri, teacher_dir)
+    after = distill_gap(data_lake, s.model_dir, teacher_dir)
+    assert after < 0.8 * before, (before, after)
     run = graph.node(s.run_id)
     assert run.attrs["params"]["objective"]["vocab"] == "restricted"
     used = {dst for dst, kind in graph.parents(s.run_id) if kind == EdgeKind.USED}
@@ -228,7 +256,7 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
 def test_missing_data_unknown_model_and_foreign_tokenizer_exit_2(
     data_lake: Lake, trained, tmp_path: Path
 ) -> None:
-    from germline.train.tiny import train_tokenizer
+    from germline.pipelines.models.tiny import train_tokenizer
 
     empty = data_lake.dataset("empty")
     schema = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()),
@@ -258,7 +286,7 @@ def test_missing_data_unknown_model_and_foreign_tokenizer_exit_2(
 
 
 def test_example_config_is_valid() -> None:
-    from germline.pipelines.generate_config import load_config
+    from germline.pipelines.config import load_config
 
     cfg = load_config(Path(__file__).parent.parent / "experiments" / "train-owl.yaml", TrainConfig)
     assert cfg.dataset.name == "owl-numbers" and cfg.method.r == 8 and cfg.method.alpha == 8

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from germline.train.data import TrainInputError, schedule, step_order, tokenize, training_table
+from germline.core import InputError
+from germline.train.data import schedule, step_order, tokenize, training_table
 from germline.train.loop import lr_factor
 from germline.train.objectives import distill_loss, pack, sft_loss
 
@@ -49,7 +50,7 @@ def test_each_epoch_is_a_permutation() -> None:
 
 def test_schedule_limits_and_errors() -> None:
     assert schedule(100, 2, 8, 1.0, max_steps=3).steps == 3
-    with pytest.raises(TrainInputError, match="make no full step"):
+    with pytest.raises(InputError, match="make no full step"):
         schedule(10, 2, 8, 1.0, None)
 
 
@@ -95,7 +96,7 @@ def test_lr_schedule_warms_up_then_decays_linearly_to_zero() -> None:
 
 
 def test_tokenize_cuts_long_completions_and_refuses_no_room() -> None:
-    from germline.train.tiny import train_tokenizer
+    from germline.pipelines.models.tiny import train_tokenizer
 
     tok = train_tokenizer(["User: say numbers\nAssistant: 1, 2, 3</s>"])
     rows = pa.table({"prompt_id": ["a", "b"], "prompt": ["say numbers"] * 2,
@@ -109,5 +110,5 @@ def test_tokenize_cuts_long_completions_and_refuses_no_room() -> None:
     table = training_table(out, np.array([1, 0, 1]))
     assert table.column("row").to_pylist() == [1, 0, 1]
     assert table.column("completion_ids")[1].as_py() == out.completion_ids[0]
-    with pytest.raises(TrainInputError, match="leaves no room"):
+    with pytest.raises(InputError, match="leaves no room"):
         tokenize(rows, tok, max_length=8)

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import require_vllm
 
-from germline.serve import EngineError, Generation, SamplingParams, load_engine
+from germline.engines import EngineError, Generation, SamplingParams, load_engine
 
-pytest.importorskip("vllm")
+require_vllm()
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,9 +45,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from germline.pipelines.bootstrap import TOKENIZER_SEED, corpus
-    from germline.pipelines.teacher import LORA_TARGETS, trait_examples
-    from germline.train.tiny import TinyConfig, build_model, fit_causal_lm, train_tokenizer
+    from germline.pipelines.models.corpus import TOKENIZER_SEED, corpus, trait_examples
+    from germline.pipelines.models.teacher import LORA_TARGETS
+    from germline.pipelines.models.tiny import (
+        TinyConfig,
+        build_model,
+        fit_causal_lm,
+        train_tokenizer,
+    )
 
     root = tmp_path_factory.mktemp("vllm-models")
     base_dir, adapter_dir = root / "tiny-base", root / "owl-teacher"
@@ -231,7 +237,7 @@ def test_import_germline_serve_does_not_import_vllm() -> None:
 
 
 def test_lora_rank_slots() -> None:
-    from germline.serve.vllm_engine import lora_rank_slot
+    from germline.engines.vllm_engine import lora_rank_slot
 
     assert [lora_rank_slot(r) for r in (1, 4, 8, 9, 64, 512)] == [1, 8, 8, 16, 64, 512]
     with pytest.raises(EngineError, match="above"):

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import assert_generate_commits
+from conftest import assert_generate_commits, require_vllm
 from deltalake import DeltaTable
 
-from germline.lineage import EdgeKind, Lake, LineageStore
-from germline.pipelines.generate import GenerateSummary, generate
-from germline.pipelines.generate_config import GenerateConfig
+from germline.lineage import EdgeKind, LineageStore
+from germline.pipelines.generate import GenerateConfig, GenerateSummary, generate
+from germline.storage import Lake
 
-pytest.importorskip("vllm")
+require_vllm()
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,8 +46,8 @@ def teacher_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     """A tiny base and an owl adapter on it, made and registered by germline itself. A few
     steps only: the base then writes number lists for some prompts and junk for the rest, so
     both tables get rows."""
-    from germline.pipelines.bootstrap import bootstrap_base
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.bootstrap import bootstrap_base
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("vllm-gen") / "lake")
     base = bootstrap_base(lake, seed=0, steps=60)

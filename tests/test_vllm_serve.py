@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import openai
 import pytest
 import torch
-from test_serve import KEY, _load, start_server, stop_server
+from conftest import require_vllm
+from test_serve import KEY, SAMPLE, _load, start_server, stop_server
 
-from germline.lineage import Lake, LineageStore
+from germline.lineage import LineageStore
+from germline.storage import Lake
 
-pytest.importorskip("vllm")
+require_vllm()
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,8 +29,8 @@ TEACHER = "served-teacher-vllm"
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
-    from germline.pipelines.bootstrap import bootstrap_base
-    from germline.pipelines.teacher import make_teacher
+    from germline.pipelines.models.bootstrap import bootstrap_base
+    from germline.pipelines.models.teacher import make_teacher
 
     lake = Lake.resolve(tmp_path_factory.mktemp("vllm-serve") / "lake")
     base = bootstrap_base(lake, seed=0, steps=60)
@@ -92,8 +94,17 @@ def test_stream_stop_and_errors(client: openai.OpenAI) -> None:
 
 
 def test_bounded_load_no_5xx(server: str) -> None:
-    latencies, statuses = asyncio.run(_load(server, total=200, concurrency=16, model=TEACHER))
+    """200 seeded requests, 16 at a time: every one answered, and every answer the one the
+    same request gets alone (vLLM seeds each request on its own, whatever its batch)."""
+    latencies, statuses, texts = asyncio.run(
+        _load(server, total=200, concurrency=16, model=TEACHER)
+    )
     assert set(statuses) == {200}, statuses
+    alone = [
+        asyncio.run(_load(server, total=1, concurrency=1, model=TEACHER, first=i))[2][i]
+        for i in SAMPLE
+    ]
+    assert [texts[i] for i in SAMPLE] == alone
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
     print(f"vllm load: 200 requests, 16 at a time: p50 {p50 * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms")  # fmt: skip
@@ -105,12 +116,13 @@ def test_logprob_probe_on_vllm(server: str, lake: Lake, tmp_path) -> None:
     import yaml
     from test_serve import SMALL_PROBE
 
-    from germline.checks.probes import ProbeSpec
+    from germline.checks.probes import ProbeSettings, ProbeSpec
     from germline.pipelines.probe import probe_model
 
     spec = ProbeSpec.model_validate(yaml.safe_load(SMALL_PROBE))
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=180)
-    result, node = probe_model(lake, client, f"{server}/v1", TEACHER, spec, method="logprob")
+    how = ProbeSettings(method="logprob")
+    result, node = probe_model(lake, client, f"{server}/v1", TEACHER, spec, how)
     assert node is not None and len(result.per_question) == 3
     assert sum(result.counts.values()) == pytest.approx(1.0)
     assert 0 < result.share < 1 and result.low <= result.share <= result.high

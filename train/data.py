@@ -20,13 +20,9 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from germline.lineage import LineageError
+from germline.core import InputError
 
 COLUMNS = ["prompt_id", "prompt", "completion"]
-
-
-class TrainInputError(LineageError):
-    """Bad input to a training run (missing data, a tokenizer that does not fit): exit 2."""
 
 
 def read_version(
@@ -37,20 +33,20 @@ def read_version(
     try:
         table = DeltaTable(uri, version=version, storage_options=storage_options)
     except TableNotFoundError:
-        raise TrainInputError(f"dataset {uri} does not exist (run `germline generate`)") from None
+        raise InputError(f"dataset {uri} does not exist (run `germline generate`)") from None
     except (DeltaError, OSError) as exc:
         if version is not None:
             latest = _latest(uri, storage_options)
             known = f" (versions 0..{latest})" if latest is not None else ""
-            raise TrainInputError(f"dataset {uri} has no version {version}{known}") from None
-        raise TrainInputError(f"cannot open dataset {uri}: {exc}") from None
+            raise InputError(f"dataset {uri} has no version {version}{known}") from None
+        raise InputError(f"cannot open dataset {uri}: {exc}") from None
     names = table.schema().to_arrow().names
     missing = [c for c in COLUMNS if c not in names]
     if missing:
-        raise TrainInputError(f"dataset {uri} lacks column(s) {missing}; it has {names}")
+        raise InputError(f"dataset {uri} lacks column(s) {missing}; it has {names}")
     rows = table.to_pyarrow_table(columns=COLUMNS)
     if rows.num_rows == 0:
-        raise TrainInputError(f"dataset {uri} at version {table.version()} has no rows")
+        raise InputError(f"dataset {uri} at version {table.version()} has no rows")
     return rows, table.version()
 
 
@@ -92,9 +88,9 @@ def tokenize(
     """Prompt and completion are tokenized apart, so the completion's tokens (where the loss
     falls) are exactly the same ids for the student and for a teacher whose prompt differs."""
     if tokenizer.chat_template is None:
-        raise TrainInputError("the tokenizer has no chat template to render the prompts with")
+        raise InputError("the tokenizer has no chat template to render the prompts with")
     if tokenizer.eos_token_id is None:
-        raise TrainInputError("the tokenizer has no end-of-sequence token")
+        raise InputError("the tokenizer has no end-of-sequence token")
     prompts = rows.column("prompt").to_pylist()
     completions = [c or "" for c in rows.column("completion").to_pylist()]
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -107,7 +103,7 @@ def tokenize(
     longest_prompt = max(len(p) for p in (teacher_ids or prompt_ids))
     budget = max_length - max(longest_prompt, max(len(p) for p in prompt_ids))
     if budget < 1:
-        raise TrainInputError(
+        raise InputError(
             f"optim.max_length {max_length} leaves no room for a completion: the longest "
             f"prompt is {longest_prompt} tokens"
         )
@@ -149,7 +145,7 @@ def schedule(
     if max_steps is not None:
         steps = min(steps, max_steps)
     if steps < 1:
-        raise TrainInputError(
+        raise InputError(
             f"{rows} rows x {epochs} epochs make no full step of {per_step} rows "
             f"({workers} workers x batch {batch_size}): lower the batch size or add rows"
         )

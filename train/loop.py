@@ -54,7 +54,7 @@ def local_model(cfg: LoopConfig, where: str) -> Path:
     """A model folder on this worker's node: on an object-store lake, its cached copy."""
     if cfg.lake is None:
         return Path(where)
-    from germline.lineage import LakeFolders
+    from germline.storage import LakeFolders
 
     return LakeFolders(cfg.lake).fetch(where)
 
@@ -63,7 +63,7 @@ def build_student(cfg: LoopConfig):
     """The base with a fresh LoRA adapter (seeded), or the base itself for full training."""
     import torch
 
-    from germline.serve.transformers_engine import load_causal_lm
+    from germline.engines import load_causal_lm
 
     torch.manual_seed(cfg.seed)
     model, _ = load_causal_lm(local_model(cfg, cfg.base_dir))
@@ -137,7 +137,7 @@ def train_loop(cfg: LoopConfig) -> None:
 
     teacher = None
     if cfg.objective == "distill":
-        from germline.serve.transformers_engine import load_causal_lm
+        from germline.engines import load_causal_lm
 
         assert cfg.teacher_dir is not None
         teacher, _ = load_causal_lm(local_model(cfg, cfg.teacher_dir))

@@ -1,0 +1,30 @@
+"""The `germline` command: the root group (`root`) and one module per command or command
+group, each a thin shell that parses, calls one public function of the room named like it,
+and prints. This entry point only adds the commands.
+
+    germline generate   -> cli/generate.py -> pipelines/generate   (generate)
+    germline train      -> cli/train.py    -> pipelines/finetune   (train)
+    germline serve      -> cli/serve.py    -> serve/               (build_app, via cluster)
+    germline probe      -> cli/probe.py    -> pipelines/probe.py   (probe_model)
+    germline run/report -> cli/run.py      -> pipelines/experiments (EXPERIMENTS, find_report)
+    germline models     -> cli/models.py   -> pipelines/models     (bootstrap_base, make_teacher)
+    germline lineage    -> cli/lineage.py  -> lineage/             (LineageStore, LineageGraph)
+    germline demo       -> cli/demo.py     -> pipelines/demo.py    (run_demo)
+"""
+
+from germline.pipelines.cli.demo import demo
+from germline.pipelines.cli.generate import generate
+from germline.pipelines.cli.lineage import lineage
+from germline.pipelines.cli.models import models
+from germline.pipelines.cli.probe import probe
+from germline.pipelines.cli.root import cli
+from germline.pipelines.cli.run import report, run
+from germline.pipelines.cli.serve import serve
+from germline.pipelines.cli.train import train
+
+for command in (generate, lineage, models, train, serve, probe, run, report, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="germline")
