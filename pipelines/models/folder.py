@@ -21,17 +21,22 @@ from germline.storage import MODEL_META, Lake, LakeFolders
 CARD = "README.md"
 
 
+def _meta(text: str) -> dict[str, Any]:
+    """germline.json's text as what it says about the model (its "germline" section)."""
+    return json.loads(text).get("germline", {})
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """What germline.json in a local model folder says ({} for a folder without one)."""
     meta_file = folder / MODEL_META
-    return json.loads(meta_file.read_text()).get("germline", {}) if meta_file.exists() else {}
+    return _meta(meta_file.read_text()) if meta_file.exists() else {}
 
 
 def stored_meta(folders: LakeFolders, uri: str) -> dict[str, Any] | None:
     """What germline.json of a stored model says, read without fetching the weights; None
     when the folder has none (no model there, or one still being written)."""
     text = folders.read_text(f"{uri}/{MODEL_META}")
-    return None if text is None else json.loads(text).get("germline", {})
+    return None if text is None else _meta(text)
 
 
 def find_made(store: LineageStore, name: str, marker: str = MODEL_META) -> tuple[Path, dict] | None:
