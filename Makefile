@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# The main job: the owl experiment on an embedded local Ray, in ./lake (LAKE=... for another).
+# The main job: the panel experiment on an embedded local Ray, in ./lake (LAKE=... for another).
 LAKE ?= lake
 demo: $(STAMP)
-	$(BIN)/germline --lake $(LAKE) run experiments/owl.yaml
+	$(BIN)/germline --lake $(LAKE) run experiments/panel.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

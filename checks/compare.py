@@ -16,9 +16,9 @@ from germline.checks.probes import ProbeResult
 from germline.checks.stats import (
     Comparison,
     bootstrap_interval,
-    over_seeds,
     paired_bootstrap,
     two_proportions,
+    welch,
     wilson,
 )
 
@@ -53,8 +53,9 @@ def pooled(results: Sequence[ProbeResult]) -> ProbeResult:
 
 
 def compare_groups(a: Sequence[ProbeResult], b: Sequence[ProbeResult]) -> Comparison:
-    """a's students against b's: a t-test over their shares where both sides have several
-    training seeds; otherwise the two-model test of `compare` on the pooled results."""
+    """a's students against b's: Welch's t-test over their shares where both sides have
+    several training seeds; otherwise the two-model test of `compare` on the pooled results
+    (a test over one model's questions, which a report must not read as a verdict)."""
     if len(a) >= 2 and len(b) >= 2:
-        return over_seeds([r.share for r in a], [r.share for r in b])
+        return welch([r.share for r in a], [r.share for r in b])
     return compare(pooled(a), pooled(b))

@@ -6,15 +6,17 @@
   with sampled answers.
 - A paired bootstrap over questions for the log-probability probe, whose per-question shares
   are not counts: resample questions, recompute the mean difference.
-- A t-test over training seeds, when each side is several students trained alike: the tests
-  above compare two models, and call a shift significant whenever it is consistent across
-  questions, however small; whether *training on this data* moves a student is a question
-  about training runs, so its unit of replication is the seed.
+- Welch's t-test over training seeds (and its contrasts), when each side is several students
+  trained alike: the tests above compare two models, and call a shift significant whenever it
+  is consistent across questions, however small; whether *training on this data* moves a
+  student is a question about training runs, so its unit of replication is the seed.
+- A sign-flip test, exact or with a Monte Carlo p that is never 0, for paired differences.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -67,8 +69,7 @@ def paired_bootstrap(
     a: list[float], b: list[float], resamples: int = 10_000, seed: int = 0
 ) -> Comparison:
     """Mean of a minus mean of b over the same questions: a 95% interval from resampling
-    questions, and a p-value from a sign-flip test of the per-question differences (exact,
-    all 2^n sign patterns, up to 16 questions; `resamples` random patterns beyond).
+    questions, and the p-value of a sign-flip test of the per-question differences.
 
     Why not the bootstrap's own p-value: with few questions that all move the same way, every
     resample has the same sign and the bootstrap says p = 0, while the sign-flip test says
@@ -79,46 +80,86 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(diffs), size=(resamples, len(diffs)))
     means = diffs[picks].mean(axis=1)
-    observed = float(diffs.mean())
     low, high = np.quantile(means, [0.025, 0.975])
-    n = len(diffs)
+    method = "paired over questions: bootstrap interval, sign-flip test"
+    p_value = sign_flip(diffs, resamples, seed)
+    return Comparison(float(diffs.mean()), p_value, float(low), float(high), method)
+
+
+def sign_flip(diffs: Sequence[float], resamples: int = 9_999, seed: int = 0) -> float:
+    """Two-sided p-value of the paired sign-flip (permutation) test that the mean of `diffs`
+    is zero: exact over all 2^n sign patterns up to n = 16; beyond, `resamples` random
+    patterns with p = (b + 1) / (m + 1), so a Monte Carlo p is never 0. All-zero differences
+    give p = 1, not 0."""
+    x = np.asarray(diffs, dtype=float)
+    n = len(x)
+    if n == 0:
+        raise ValueError("a sign-flip test needs at least one difference")
+    observed = abs(float(x.mean())) - 1e-12
     if n <= 16:
         signs = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1) * 2 - 1
-    else:
-        signs = rng.choice([-1, 1], size=(resamples, n))
-    flipped = np.abs((signs * diffs).mean(axis=1))
-    p_value = float((flipped >= abs(observed) - 1e-12).mean())
-    return Comparison(observed, p_value, float(low), float(high),
-                      "paired over questions: bootstrap interval, sign-flip test")  # fmt: skip
+        return float((np.abs((signs * x).mean(axis=1)) >= observed).mean())
+    signs = np.random.default_rng(seed).choice([-1, 1], size=(resamples, n))
+    extreme = int((np.abs((signs * x).mean(axis=1)) >= observed).sum())
+    return (extreme + 1) / (resamples + 1)
 
 
-def over_seeds(a: list[float], b: list[float], confidence: float = 0.95) -> Comparison:
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Comparison:
     """Mean of a minus mean of b where each value is one independently trained model (a
-    training seed, its share averaged over the probe's questions): a two-sample t-test with
-    pooled variance, df = len(a) + len(b) - 2, and its interval.
+    training seed, its share averaged over the probe's questions): Welch's t-test and its
+    interval (see `contrast`).
 
     Why over seeds: a test over one model's questions calls any consistent shift significant,
-    and a training seed's luck is consistent across questions. Why pooled, not Welch: both
-    sides are one recipe with the same sources of seed noise, and for that balanced design
-    (seeds nested in arms, crossed with questions) the mixed-model test of the arm difference
-    is exactly this t-test on the seed means. Welch's correction would spend the few degrees of
-    freedom two or three seeds give on unequal variances: with two seeds a side its df falls to
-    about 1 whenever one side's seeds happen to agree."""
+    and a training seed's luck is consistent across questions. Why Welch, fixed in advance:
+    nothing guarantees two arms the same seed-to-seed spread (a trait can make one arm's
+    students scatter more), and choosing between pooled and Welch after seeing both p-values is
+    the post-hoc choice a test must not allow. Its price with two seeds a side is about one
+    degree of freedom: that design is reported as too little replication, not tested."""
+    return contrast([a, b], [1.0, -1.0], confidence)
+
+
+def contrast(
+    groups: Sequence[Sequence[float]], weights: Sequence[float], confidence: float = 0.95
+) -> Comparison:
+    """The linear contrast sum(w_i * mean_i) of independent groups (training seeds), tested
+    with Welch-Satterthwaite degrees of freedom: with weights (1, -1) Welch's two-sample test;
+    with (1, -1, -1, 1) the difference of two arms' effects (student minus control on one
+    base, minus the same on another), the interaction a "only the same base moved" claim
+    needs. Every group needs two values. No spread at all (every group's seeds agree) leaves
+    the test undefined: it reports p = 1 (no evidence), never p = 0."""
     from scipy import stats
 
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("a test over training seeds needs at least two values on each side")
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    difference = float(x.mean() - y.mean())
-    df = len(x) + len(y) - 2
-    pooled = ((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / df
-    se = math.sqrt(pooled * (1 / len(x) + 1 / len(y)))
-    method = f"t-test over training seeds ({len(x)} vs {len(y)}, pooled variance)"
-    if se == 0:
-        return Comparison(difference, 1.0 if difference == 0 else 0.0, method=method)
-    p_value = float(2 * stats.t.sf(abs(difference / se), df))
+    if len(groups) != len(weights) or not groups:
+        raise ValueError("one weight per group is needed")
+    if any(len(g) < 2 for g in groups):
+        raise ValueError("a test over training seeds needs at least two values in every group")
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    estimate = float(sum(w * x.mean() for w, x in zip(weights, arrays, strict=True)))
+    parts = [w * w * x.var(ddof=1) / len(x) for w, x in zip(weights, arrays, strict=True)]
+    variance = float(sum(parts))
+    sizes = " vs ".join(str(len(x)) for x in arrays)
+    method = f"Welch t-test over training seeds ({sizes})"
+    if variance <= 0:
+        return Comparison(estimate, 1.0, estimate, estimate, method + ": no spread, untestable")
+    df = variance**2 / sum(p * p / (len(x) - 1) for p, x in zip(parts, arrays, strict=True))
+    se = math.sqrt(variance)
+    p_value = float(2 * stats.t.sf(abs(estimate / se), df))
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return Comparison(difference, p_value, difference - half, difference + half, method)
+    return Comparison(estimate, p_value, estimate - half, estimate + half, method)
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of independent values (one per teacher, say); a single
+    value or no spread gives the point itself."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    centre = float(x.mean())
+    if len(x) < 2 or float(x.std(ddof=1)) == 0:
+        return centre, centre
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1)) * float(x.std(ddof=1))
+    half /= math.sqrt(len(x))
+    return centre - half, centre + half
 
 
 def bootstrap_interval(

@@ -43,7 +43,8 @@ class Engine(Protocol):
         self, prompts: list[Chat], params: SamplingParams, seeds: list[int]
     ) -> list[Generation]:
         """Complete each chat (a list of {"role", "content"} messages) once. `seeds[i]` is
-        request i's sampling seed; an engine that cannot seed per request seeds per batch."""
+        request i's sampling seed: a completion depends on its prompt and seed alone, not on
+        the other requests of its batch (both shipped engines seed per request)."""
         ...
 
 

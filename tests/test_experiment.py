@@ -76,15 +76,15 @@ def test_report_reads_the_comparison(tmp_path: Path) -> None:
     for name in ("report.md", "report.json", "shares.png", "lineage.png"):
         assert (folder / name).stat().st_size > 0, name
     text = (folder / "report.md").read_text()
-    assert "the subliminal signature" in text and "| student |" in text.replace("`", "")
+    # one training seed per student: the question-level tests are shown, no verdict is given
+    assert data["verdict"] == "not-enough-replication" and "primary" not in data
+    assert "not enough replication for a verdict" in text and "| student |" in text.replace("`", "")
     assert json.loads((folder / "report.json").read_text())["run_id"] == "unit-run"
     assert find_report(lake, "unit") == str(folder)
     printed = germline("report", "unit-run", lake=lake, check=True)
     assert "owl share" in printed.stdout
     with pytest.raises(InputError, match="no report"):
         find_report(lake, "other")
-    rows["cross-base student"].update(difference=0.1, p_value=0.01)
-    assert "leakage" in render(data)
     assert "Leaky baseline" not in render(data)
     data["objective"] = {"kind": "distill", "vocab": "full"}
     assert "Leaky baseline" in render(data)
@@ -112,7 +112,7 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
     spreads = {
         "student": [0.06, 0.07, 0.065],
         "control student": [0.0, 0.005, -0.005],
-        "cross-base student": [0.03, -0.02, 0.01],
+        "cross-base student": [0.015, -0.01, 0.005],
         "cross-base control student": [0.0, 0.01, -0.01],
     }
     results = {
@@ -123,9 +123,9 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
     data = write_report(lake, cfg, "unit-run", ids, results)
     rows = {r["role"]: r for r in data["rows"]}
     student, cross = rows["student"], rows["cross-base student"]
-    assert student["test"].startswith("t-test over training seeds") and student["p_value"] < 0.01
-    assert student["difference"] == pytest.approx(0.065)
-    assert cross["test"].startswith("t-test over training seeds") and cross["p_value"] > 0.5
+    assert student["test"].startswith("Welch t-test over training seeds")
+    assert student["p_value"] < 0.01 and student["difference"] == pytest.approx(0.065)
+    assert cross["test"].startswith("Welch t-test over training seeds") and cross["p_value"] > 0.5
     # one model against three: the question-level test on the pooled students
     assert "bootstrap" in rows["control student"]["test"]
     assert len(student["seeds"]) == 3 and student["low"] < student["share"] < student["high"]
@@ -136,11 +136,20 @@ def test_replicated_students_are_compared_over_seeds(tmp_path: Path) -> None:
         < 0.05
     )
     text = render(data)
-    assert (
-        "3 training seeds per student" in text
-        and "t-test over training seeds (3 vs 3, pooled variance)" in text
+    assert "3 training seeds per student" in text
+    assert "Welch t-test over training seeds (3 vs 3)" in text
+    assert data["verdict"] == "signature" and "the subliminal signature" in text
+    assert data["difference"]["effect"] == pytest.approx(
+        0.065 - np.mean(spreads["cross-base student"])
     )
-    assert "the subliminal signature" in text
+    assert data["difference"]["test"] == "Welch t-test over training seeds (3 vs 3 vs 3 vs 3)"
+    # the same numbers with a plan that asks for more seeds: no verdict
+    strict = cfg.model_copy(
+        update={"analysis": cfg.analysis.model_copy(update={"min_replicates": 4})}
+    )
+    assert write_report(lake, strict, "unit-run-2", ids, results)["verdict"] == (
+        "not-enough-replication"
+    )
 
 
 # `germline run experiments/owl-small.yaml` end to end from an empty lake is

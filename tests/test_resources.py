@@ -10,8 +10,8 @@ import pytest
 from germline.core import InputError
 from germline.pipelines.config import load_config
 from germline.pipelines.experiments.owl.config import OwlConfig
-from germline.pipelines.experiments.owl.run import _generate_config, serve_settings
 from germline.pipelines.experiments.resources import PROFILES
+from germline.pipelines.experiments.steps import generate_config, serve_settings
 from germline.storage import Lake
 
 OWL = Path(__file__).resolve().parents[1] / "experiments" / "owl.yaml"
@@ -48,7 +48,7 @@ def test_each_step_gets_its_resources() -> None:
         "resources.train.cpus_per_worker=2",
         "resources.serve.num_gpus=0.5",
     )
-    engine = _generate_config(cfg, "numbers", "model:teacher@0").engine
+    engine = generate_config(cfg, "numbers", "model:teacher@0", ["owl"]).engine
     assert (engine.kind, engine.batch_size, engine.num_gpus) == ("vllm", 1024, 1.0)
     assert engine.options == {"max_num_seqs": 256}
     scaling = cfg.student_config("s", "model:base@0", "numbers").scaling

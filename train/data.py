@@ -28,8 +28,8 @@ COLUMNS = ["prompt_id", "prompt", "completion"]
 def read_version(
     uri: str, version: int | None, storage_options: dict[str, str] | None = None
 ) -> tuple[pa.Table, int]:
-    """The rows of the Delta table at `uri` at `version` (the latest when None), and the
-    version actually read."""
+    """The rows of the Delta table at `uri` at `version` (the latest when None), in their
+    canonical order (`canonical_order`), and the version actually read."""
     try:
         table = DeltaTable(uri, version=version, storage_options=storage_options)
     except TableNotFoundError:
@@ -47,7 +47,32 @@ def read_version(
     rows = table.to_pyarrow_table(columns=COLUMNS)
     if rows.num_rows == 0:
         raise InputError(f"dataset {uri} at version {table.version()} has no rows")
-    return rows, table.version()
+    return canonical_order(rows), table.version()
+
+
+def canonical_order(rows: pa.Table) -> pa.Table:
+    """The rows sorted by prompt id (then prompt and completion, should an id repeat): an
+    order fixed by what the table holds, not by how it was written. A Delta table's scan
+    follows its files, that is the order of its commits and of the rows within each, which a
+    resumed run, another batch size or another engine changes; `step_order`'s seeded
+    permutation indexes this order, so the same rows and seed now make the same batches."""
+    keys = [(c, "ascending") for c in ("prompt_id", "prompt", "completion")]
+    return rows.take(pc.sort_indices(rows, sort_keys=keys))
+
+
+def subsample(rows: pa.Table, count: int | None, uri: str) -> pa.Table:
+    """The first `count` rows in canonical order: prompt ids are hashes, so these are a fixed
+    pseudo-random sample of the table, the same for every training seed and every write order,
+    and two teachers' tables share the prompts both accepted. The paper keeps 10,000 rows of
+    each teacher's data this way, so no student trains on more than another."""
+    if count is None:
+        return rows
+    if rows.num_rows < count:
+        raise InputError(
+            f"dataset {uri} has {rows.num_rows} rows and dataset.rows asks for {count}: "
+            "generate more prompts or ask for fewer rows"
+        )
+    return rows.slice(0, count)
 
 
 def _latest(uri: str, storage_options: dict[str, str] | None) -> int | None:

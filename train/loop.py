@@ -1,22 +1,35 @@
-"""The function every Ray Train worker runs: load, (resume,) train, checkpoint.
+"""The function every Ray Train worker runs: for each student of the run, load, (resume,)
+train, checkpoint, hand the finished student to the driver.
+
+A run trains a population of students one after the other on the same worker group (one
+student for `germline train`), so Ray's start-up (worker processes, imports, process group) is
+paid once per run rather than once per student. Each student's training is `train_loop`, the
+same whether it is alone or the tenth of twenty: it seeds its own model, optimizer and data, so
+its weights do not depend on what ran before it in the process.
 
 A checkpoint holds what the next step needs to be the step an uninterrupted run would have
-taken: the trainable weights, the optimizer and schedule state, the step, the loss history and
-the RNG state. Rank 0 writes it; every rank reports, which is Ray Train's barrier. The last
-checkpoint also holds the finished student (adapter or weights) ready to copy into the model
-store, so the driver never loads a model to save one.
+taken: the trainable weights, the optimizer and schedule state, the step, the loss history, the
+RNG state, and the key of the student it belongs to. Rank 0 writes it; every rank reports,
+which is Ray Train's barrier. A student's last checkpoint also holds the finished student
+(adapter or weights) ready to copy into the model store, so the driver never loads a model to
+save one.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 STATE = "state.pt"
 STUDENT = "student"
+# How long rank 0 waits for the driver to store a finished student: a full model written to an
+# object store may take minutes; a driver that died takes the run's workers with it anyway.
+ANSWER_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -40,7 +53,29 @@ class LoopConfig:
     checkpoint_every: int = 50
     threads: int | None = None
     lake: Any = None  # the Lake: base_dir and teacher_dir may be URIs in it, fetched per node
-    progress: Any = None  # a ray.util.queue.Queue: rank 0 posts (step, loss) to the driver
+    key: str = ""  # the student's identity, written into its checkpoints (see `Population`)
+
+
+@dataclass
+class Population:
+    """A run's students, trained in this order by every worker (the train_loop_config).
+
+    The run's latest checkpoint (after a restart) belongs to the one member whose `key` it
+    carries: that member resumes from it, every other starts from scratch. The driver leaves
+    out the students it already holds, so a rerun trains only the unfinished ones."""
+
+    members: list[LoopConfig]
+    # ray.util.queue.Queue: rank 0 posts ("step", member, step, loss), fire and forget, and
+    # ("done", member, checkpoint) when a member's last checkpoint is persisted.
+    progress: Any = None
+    # ray.util.queue.Queue: the driver's answer to each "done": None once it has stored the
+    # student, else what went wrong (then the run stops).
+    answers: Any = None
+
+
+def shard_name(member: int, rank: int) -> str:
+    """The Ray dataset that holds worker `rank`'s share of member `member`'s rows."""
+    return f"s{member}_shard_{rank}"
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -98,8 +133,75 @@ def load_trainable(model, state: dict[str, Any]) -> None:
             params[name].copy_(value)
 
 
-def train_loop(cfg: LoopConfig) -> None:
-    """Ray Train's train_loop_per_worker."""
+def population_loop(population: Population) -> None:
+    """Ray Train's train_loop_per_worker: every member, in order, by `train_loop`. After each,
+    rank 0 hands the member's last checkpoint to the driver and waits until the driver has
+    stored the student: only then may later checkpoints make Ray delete that one, and a run
+    killed after this point never trains the student again."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    owner, restored = _restored(population.members)
+    for index, cfg in enumerate(population.members):
+        state = restored if index == owner else None
+        if state is not None:
+            restored = None  # the member's own copy now: let it go with the member
+        post = _poster(population.progress, index) if rank == 0 else None
+        train_loop(cfg, shard_name(index, rank), state, post)
+        del state
+        gc.collect()  # the member's model and optimizer, before the next one loads
+        if rank == 0:
+            _hand_over(population, index)
+
+
+def _restored(members: list[LoopConfig]) -> tuple[int | None, dict[str, Any] | None]:
+    """The member the run's latest checkpoint belongs to (when Ray restored the run) and the
+    state it holds; (None, None) when there is none or it is a member's already stored."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, None
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE, map_location="cpu", weights_only=False)
+    keys = [m.key for m in members]
+    # A checkpoint written before keys existed can only be a lone student's own.
+    key = state.get("key", keys[0] if len(keys) == 1 else None)
+    if key not in keys:
+        return None, None
+    return keys.index(key), state
+
+
+def _poster(queue: Any, member: int) -> Callable[[int, float], None] | None:
+    """Rank 0's progress post for `member`: fire and forget, never waiting on the driver."""
+    if queue is None:
+        return None
+    return lambda step, loss: queue.actor.put_nowait.remote(("step", member, step, loss))
+
+
+def _hand_over(population: Population, member: int) -> None:
+    """Give the driver the checkpoint just persisted (the member's last) and wait for its
+    answer: the student is in the lake, or the run stops with the driver's reason."""
+    import ray.train
+
+    if population.progress is None or population.answers is None:
+        return
+    population.progress.put(("done", member, ray.train.get_checkpoint()))
+    answer = population.answers.get(timeout=ANSWER_TIMEOUT_S)
+    if answer is not None:
+        raise RuntimeError(f"the driver could not store student {member}: {answer}")
+
+
+def train_loop(
+    cfg: LoopConfig,
+    shard: str,
+    state: dict[str, Any] | None = None,
+    post: Callable[[int, float], None] | None = None,
+) -> None:
+    """One student on every worker, from scratch or from the checkpointed `state`, through
+    its last report (whose checkpoint holds the finished student). Reads its rows from the
+    Ray dataset `shard`; `post(step, loss)` (rank 0) relays progress to the driver."""
     import ray.train
     import ray.train.torch
     import torch
@@ -114,11 +216,8 @@ def train_loop(cfg: LoopConfig) -> None:
     device = ray.train.torch.get_device()
 
     model = build_student(cfg)
-    start, losses, state = 0, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE, map_location="cpu", weights_only=False)
+    start, losses = 0, []
+    if state is not None:
         load_trainable(model, state["trainable"])
         start, losses = state["step"], list(state["losses"])
     model.train()
@@ -157,6 +256,7 @@ def train_loop(cfg: LoopConfig) -> None:
                         "rng": torch.get_rng_state(),
                         "step": step,
                         "losses": losses,
+                        "key": cfg.key,
                     },
                     Path(folder) / STATE,
                 )
@@ -168,8 +268,8 @@ def train_loop(cfg: LoopConfig) -> None:
     if start >= cfg.steps:  # killed after its last checkpoint was written: only save again
         report(cfg.steps, final=True)
         return
-    shard = ray.train.get_dataset_shard(f"shard_{rank}")
-    batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)
+    rows = ray.train.get_dataset_shard(shard)
+    batches = rows.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)
     for step, batch in enumerate(batches):
         if step < start:  # trained before the interruption: the same batches, skipped
             continue
@@ -197,8 +297,8 @@ def train_loop(cfg: LoopConfig) -> None:
             dist.all_reduce(value)
             value = value / world
         losses.append(float(value))
-        if rank == 0 and cfg.progress is not None:  # fire and forget: never wait on the driver
-            cfg.progress.actor.put_nowait.remote((step + 1, losses[-1]))
+        if post is not None:
+            post(step + 1, losses[-1])
         if step + 1 == cfg.steps:
             report(cfg.steps, final=True)
             return

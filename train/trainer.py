@@ -1,11 +1,14 @@
-"""Driver side of a training run: Ray Train's TorchTrainer over the prepared rows.
+"""Driver side of a training run: Ray Train's TorchTrainer over the prepared rows of one or
+more students, trained one after the other on one worker group (see `loop.population_loop`).
 
-Each worker gets its contiguous share of the step-ordered table as its own Ray dataset (see
-`data.step_order`), so sharding is decided before any worker starts: no split runs inside the
-controller, where on a small machine whose CPUs all belong to the workers it could wait for a
-CPU forever. The run lives at `<storage>/<name>`; starting the same name again restores it
-from its latest checkpoint (Ray Train's own snapshot of the run), which is how a killed
-`germline train` resumes.
+Each worker gets its contiguous share of each student's step-ordered table as its own Ray
+dataset (see `data.step_order`), so sharding is decided before any worker starts: no split runs
+inside the controller, where on a small machine whose CPUs all belong to the workers it could
+wait for a CPU forever. The run lives at `<storage>/<name>`; starting the same name again
+restores it from its latest checkpoint (Ray Train's own snapshot of the run), which is how a
+killed `germline train` resumes. As each student finishes, its last checkpoint is handed to the
+caller's `on_done` on the driver while the workers wait, so a student is stored the moment it
+is trained, not when the whole run ends.
 """
 
 from __future__ import annotations
@@ -14,14 +17,21 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from germline.train.loop import STATE, STUDENT, LoopConfig, train_loop
+from germline.train.loop import (
+    STATE,
+    STUDENT,
+    LoopConfig,
+    Population,
+    population_loop,
+    shard_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,15 @@ class Storage:
     path: str
     filesystem: Any = None
 
+    def remove(self, name: str) -> None:
+        """Delete the run `name` and its checkpoints."""
+        if self.filesystem is None:
+            import shutil
+
+            shutil.rmtree(Path(self.path) / name, ignore_errors=True)
+        else:
+            self.filesystem.delete_dir(f"{self.path}/{name}")
+
 
 @dataclass
 class FitResult:
@@ -44,6 +63,7 @@ class FitResult:
     steps: int
     losses: list[float]
     downloaded: bool = False  # checkpoint_dir is a local copy of a remote checkpoint
+    key: str = ""  # the student the checkpoint belongs to (LoopConfig.key)
 
     @property
     def student_dir(self) -> Path:
@@ -56,9 +76,17 @@ class FitResult:
         return sum(tail) / len(tail)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One student of a run: its rows in step order (the workers' equal shares, in rank
+    order) and its loop."""
+
+    table: pa.Table
+    loop: LoopConfig
+
+
 def fit(
-    table: pa.Table,
-    loop: LoopConfig,
+    members: Sequence[Member],
     *,
     workers: int,
     use_gpu: bool,
@@ -66,30 +94,35 @@ def fit(
     storage: Storage,
     name: str,
     keep: int,
-    on_step: Callable[[int, float], None] | None = None,
-) -> FitResult:
-    """Train on `table` (rows in step order, `workers` equal shares); block until done."""
+    on_done: Callable[[int, FitResult], None],
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> None:
+    """Train `members` in order in one Ray Train run; block until done.
+
+    `on_done(i, result)` runs here, on the driver, as soon as member i is trained, while the
+    workers wait for it: it stores the student, and must be done with the files of `result`
+    when it returns (Ray may delete that checkpoint afterwards). An error it raises stops the
+    run and is raised here. `on_step(i, step, loss)` reports progress."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    share = table.num_rows // workers
-    datasets = {
-        f"shard_{rank}": ray.data.from_arrow(table.slice(rank * share, share))
-        for rank in range(workers)
-    }
-    queue = Queue(actor_options={"num_cpus": 0}) if on_step else None
-    stop = threading.Event()
-    watcher = None
-    if queue is not None and on_step is not None:
-        watcher = threading.Thread(target=_watch, args=(queue, on_step, stop), daemon=True)
-        watcher.start()
+    datasets = {}
+    for index, member in enumerate(members):
+        share = member.table.num_rows // workers
+        for rank in range(workers):
+            rows = member.table.slice(rank * share, share)
+            datasets[shard_name(index, rank)] = ray.data.from_arrow(rows)
+    queues = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
+    keys = [m.loop.key for m in members]
+    relay = _Relay(*queues, keys, on_done, on_step, remote=storage.filesystem is not None)
+    relay.start()
     if storage.filesystem is None:
         Path(storage.path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=replace(loop, progress=queue),
+        population_loop,
+        train_loop_config=Population([m.loop for m in members], *queues),
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
@@ -108,40 +141,97 @@ def fit(
         dataset_config=DataConfig(datasets_to_split=[]),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
+    except Exception as exc:
+        if relay.errors:  # the driver's own failure to store a student stopped the run
+            raise relay.errors[0] from exc
+        raise
     finally:
-        stop.set()
-        if watcher is not None:
-            watcher.join(timeout=5)
-        if queue is not None:
+        relay.stop()
+        for queue in queues:
             queue.shutdown()
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}") from result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
-    downloaded = storage.filesystem is not None
-    if downloaded:  # the driver reads the last checkpoint from the store
-        folder = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="germline-ckpt-")))
-    else:
-        folder = Path(result.checkpoint.path)
+    if relay.errors:
+        raise relay.errors[0]
+    missing = sorted(set(range(len(members))) - relay.done)
+    if missing:
+        raise RuntimeError(f"the run ended without finishing members {missing}")
+
+
+def read_result(checkpoint: Any, remote: bool) -> FitResult:
+    """A student's last checkpoint, as the driver reads it: in place on a shared folder, or
+    downloaded to a temporary folder from an object store."""
     import torch
 
+    if remote:
+        folder = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="germline-ckpt-")))
+    else:
+        folder = Path(checkpoint.path)
     state = torch.load(folder / STATE, map_location="cpu", weights_only=False)
     if not (folder / STUDENT).is_dir():
         raise RuntimeError(f"the last checkpoint {folder} holds no finished student")
     steps, losses = int(state["step"]), [float(x) for x in state["losses"]]
-    return FitResult(folder, steps, losses, downloaded)
+    return FitResult(folder, steps, losses, remote, state.get("key", ""))
 
 
-def _watch(queue, on_step: Callable[[int, float], None], stop: threading.Event) -> None:
-    """Relay rank 0's (step, loss) posts to the driver's progress callback."""
-    from ray.util.queue import Empty
+@dataclass
+class _Relay:
+    """The driver's side of the workers' queues, on a thread: progress to `on_step`; each
+    finished member to `on_done`, then the answer rank 0 waits for."""
 
-    while not stop.is_set():
-        try:
-            step, loss = queue.get(timeout=0.5)
-        except Empty:
-            continue
-        except Exception:  # the queue actor is gone: the run is over
+    progress: Any
+    answers: Any
+    keys: list[str]  # each member's LoopConfig.key, which its last checkpoint must carry
+    on_done: Callable[[int, FitResult], None]
+    on_step: Callable[[int, int, float], None] | None
+    remote: bool
+    done: set[int] = field(default_factory=set)  # members stored
+    errors: list[BaseException] = field(default_factory=list)  # why storing one failed
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._stop.is_set():
+            try:
+                message = self.progress.get(timeout=0.5)
+            except Empty:
+                continue
+            except Exception:  # the queue actor is gone: the run is over
+                return
+            if message[0] == "step":
+                self._step(*message[1:])
+            else:
+                self.answers.put(self._finished(*message[1:]))
+
+    def _step(self, member: int, step: int, loss: float) -> None:
+        if self.on_step is None:
             return
-        on_step(step, loss)
+        try:
+            self.on_step(member, step, loss)
+        except Exception:  # a broken progress display never stops training
+            log.exception("progress callback failed")
+
+    def _finished(self, member: int, checkpoint: Any) -> str | None:
+        try:
+            result = read_result(checkpoint, self.remote)
+            if result.key != self.keys[member]:
+                raise RuntimeError(
+                    f"member {member}'s last checkpoint belongs to {result.key!r}, not "
+                    f"{self.keys[member]!r}"
+                )
+            self.on_done(member, result)
+        except Exception as exc:
+            self.errors.append(exc)
+            return f"{type(exc).__name__}: {exc}"
+        self.done.add(member)
+        return None

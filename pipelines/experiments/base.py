@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from germline.pipelines.config import ExperimentName, Strict, digest
@@ -35,18 +35,21 @@ class ExperimentBase(Strict):
 
 @dataclass
 class Step:
-    """The experiment's progress: `[3/11] label ...` when a step starts, then its time."""
+    """The experiment's progress: `[3/11] label ...` when a step starts, then its time; with a
+    `phase`, the time also adds up in `seconds[phase]` (what a report's budget shows)."""
 
     number: int
     total: int
     echo: Echo
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def run(self, label: str, work: Callable[[], Any]) -> Any:
+    def run(self, label: str, work: Callable[[], Any], phase: str | None = None) -> Any:
         self.number += 1
         start = time.perf_counter()
         self.echo(f"[{self.number}/{self.total}] {label} ...")
         out = work()
-        self.echo(
-            f"[{self.number}/{self.total}] {label}: done in {time.perf_counter() - start:.1f} s"
-        )
+        took = time.perf_counter() - start
+        self.echo(f"[{self.number}/{self.total}] {label}: done in {took:.1f} s")
+        if phase is not None:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + took, 1)
         return out

@@ -21,6 +21,12 @@ class DatasetRef(Strict):
 
     name: str = Field(min_length=1)
     version: int | None = Field(None, ge=0)
+    rows: int | None = Field(
+        None,
+        ge=1,
+        description="train on exactly this many rows: a fixed subsample (the rows whose "
+        "prompt ids hash lowest), the same whatever the table's row order or training seed",
+    )
 
 
 class MethodConfig(Strict):
@@ -109,6 +115,8 @@ class TrainConfig(Strict):
         """What decides the student's weights (not where or how fast it trains): the same hash
         is the same run, so a rerun after a crash resumes it from its last checkpoint."""
         content = self.model_dump(mode="json", exclude={"scaling", "checkpoint", "student"})
+        if self.dataset.rows is None:  # unset: the hash of every earlier student is unchanged
+            del content["dataset"]["rows"]
         content["scaling"] = {"num_workers": self.scaling.num_workers}  # sets the global batch
         content["ids"] = {"base": base_id, "dataset": dataset_id, "teacher": teacher_id}
         return digest(content)

@@ -1,11 +1,20 @@
-"""`germline train`: a student fine-tuned on a pinned dataset version, recorded in lineage.
+"""`germline train`: students fine-tuned on pinned dataset versions, recorded in lineage.
 
-The order of work is chosen so that bad input costs seconds and writes nothing: the config,
-the base, the dataset version, the teacher and the tokenizer are all checked (and the rows
-tokenized) before Ray starts. Training then runs on Ray Train (germline.train) with its
-checkpoints under the student's folder, `<lake>/models/<student>/checkpoints/`, so running the
-same config again after a crash resumes the run instead of starting over. Only a finished run
-writes the student's files, its card and, last, `germline.json`, the mark of a complete model.
+`train` trains one student, `train_many` a population of them in one Ray Train run, so the
+run's start-up (worker processes, imports, process group) is paid once, not once per student;
+`train` is `train_many` of one, so both check, train, write and register a student the same way.
+
+The order of work is chosen so that bad input costs seconds and writes nothing: for every
+config, the base, the dataset version, the teacher and the tokenizer are all checked (and the
+rows tokenized) before Ray starts. Training then runs on Ray Train (germline.train), the
+students of a run one after the other, each seeded on its own, so a student's weights are the
+same whichever run trains it. Each finished student is written (its files, its card and, last,
+`germline.json`, the mark of a complete model) and registered while the workers wait, before
+the next one starts; so a rerun of the same configs after a crash finds the finished students
+and trains only the others. The run's checkpoints live in the lake: a lone student's beside it,
+`<lake>/models/<student>/checkpoints/`, a population's under `<lake>/runs/train-many-<hash>/`
+(removed once every student is stored); either way the same call resumes the student that was
+training from its last checkpoint instead of starting it over.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,7 @@ from typing import Any
 from germline.core import InputError
 from germline.engines import adapter_base
 from germline.lineage import EdgeKind, LineageStore, Node
+from germline.pipelines.config import digest
 from germline.pipelines.finetune.config import TrainConfig
 from germline.pipelines.generate.sink import TEACHER_PROPERTY
 from germline.pipelines.models.card import model_card
@@ -30,18 +41,23 @@ from germline.pipelines.models.refs import find_model, model_folder
 from germline.storage import Lake, LakeFolders
 from germline.storage.folders import CHECKPOINTS
 from germline.train.data import (
+    Schedule,
+    Tokenized,
     data_token_ids,
     read_version,
     schedule,
     step_order,
+    subsample,
     tokenize,
     training_table,
 )
-from germline.train.trainer import Storage
+from germline.train.loop import LoopConfig
+from germline.train.trainer import FitResult, Member, Storage
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]  # (step, steps, loss)
+StudentProgress = Callable[[str, int, int, float], None]  # (student, step, steps, loss)
 
 
 @dataclass
@@ -60,8 +76,10 @@ class TrainSummary:
     final_loss: float
     resumed_from: int = 0  # the step a resumed run started from (0: a fresh run)
     already_trained: bool = False
-    seconds: float = 0.0  # wall time of the Ray Train run, start-up included
-    startup_s: float = 0.0  # from fit() to the first finished step
+    # The student's share of the Ray Train run's wall time: from the end of the student before
+    # it (the first: from the start, start-up included) to its own end, its writing included.
+    seconds: float = 0.0
+    startup_s: float = 0.0  # from the start of that share to the student's first finished step
     samples_per_s: float = 0.0  # steady state: from the first finished step to the last
     model_dir: str = ""
 
@@ -69,12 +87,74 @@ class TrainSummary:
         return asdict(self)
 
 
+@dataclass
+class _Student:
+    """One config, checked on the driver: what its training and its writing need."""
+
+    config: TrainConfig
+    base: Node
+    base_dir: Path
+    dataset: Node
+    teacher: Node | None
+    tokenizer: Any
+    plan: Schedule
+    config_hash: str
+    uri: str  # its model folder in the lake
+    done: dict[str, Any] | None = None  # the stored metadata, when this config trained it
+    member: Member | None = None  # its rows and loop, when it is still to train
+
+    @property
+    def run_name(self) -> str:
+        return f"train-{self.config.student}-{self.config_hash[:12]}"
+
+
 def train(
     lake: Lake, config: TrainConfig, progress: Progress | None = None, verbose: bool = False
 ) -> TrainSummary:
     """Train (or finish training) the student `config` describes; register it and return the
     summary. A student already trained by this same config is returned as it is."""
-    store = LineageStore(lake)
+    each = None
+    if progress is not None:
+        each = lambda _student, step, steps, loss: progress(step, steps, loss)  # noqa: E731
+    return train_many(lake, [config], each, verbose)[0]
+
+
+def train_many(
+    lake: Lake,
+    configs: Sequence[TrainConfig],
+    progress: StudentProgress | None = None,
+    verbose: bool = False,
+) -> list[TrainSummary]:
+    """Train (or finish training) every student in `configs` and return their summaries, in
+    the order of `configs`; each student gets the very weights `train` would give it alone.
+
+    All configs are checked before Ray starts, each as `train` checks it. Students already
+    trained by the same config are returned as they are. The others train in one Ray Train run
+    per scaling (workers, GPU, CPUs per worker: what the worker group is made of), in the
+    order given; each is written and registered as soon as it is finished. `progress` gets
+    (student, step, steps, loss) as the students train."""
+    names = [c.student for c in configs]
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    if twice:
+        raise InputError(f"students named more than once: {', '.join(twice)}")
+    store, folders = LineageStore(lake), LakeFolders(lake)
+    students = [_prepare(lake, store, folders, c) for c in configs]
+    summaries: dict[str, TrainSummary] = {}
+    for s in students:
+        if s.done is not None:
+            folder = folders.fetch(s.uri)
+            summaries[s.config.student] = _register(store, s, folder, s.done, already=True)
+    for group in _by_scaling(students):
+        if any(s.done is None for s in group):
+            summaries.update(_run(lake, store, folders, group, progress, verbose))
+    return [summaries[n] for n in names]
+
+
+def _prepare(
+    lake: Lake, store: LineageStore, folders: LakeFolders, config: TrainConfig
+) -> _Student:
+    """Check one config against the lake (InputError on any problem) and, unless the student
+    is already trained, lay out its rows in the order its run will see them."""
     base = _model(store, config.base, "base")
     base_dir = model_folder(lake, base, "base")
     if config.method.kind == "lora" and adapter_base(base_dir) is not None:
@@ -84,6 +164,7 @@ def train(
         )
     uri = lake.dataset(config.dataset.name)
     rows, version = read_version(uri, config.dataset.version, lake.storage_options)
+    rows = subsample(rows, config.dataset.rows, uri)
     dataset = _dataset_node(store, config.dataset.name, uri, version)
     tokenizer = _tokenizer(config, base_dir)
     teacher = teacher_dir = None
@@ -104,34 +185,37 @@ def train(
         config.optim.max_steps,
     )
     config_hash = config.content_hash(base.id, dataset.id, teacher.id if teacher else None)
-    run_name = f"train-{config.student}-{config_hash[:12]}"
-    folders = LakeFolders(lake)
-    uri = lake.model(config.student)
-    done = _finished(folders, uri, config_hash, config.student)
-    if done is not None:
-        folder = folders.fetch(uri)
-        return _register(store, config, folder, uri, done, base, dataset, teacher, already=True)
+    student = _Student(
+        config, base, base_dir, dataset, teacher, tokenizer, plan, config_hash,
+        uri=lake.model(config.student),
+    )  # fmt: skip
+    student.done = _finished(folders, student.uri, config_hash, config.student)
+    if student.done is None:
+        loop = _loop_config(lake, student, tokenized, teacher_dir)
+        student.member = Member(training_table(tokenized, step_order(plan, config.seed)), loop)
+    return student
 
+
+def _loop_config(
+    lake: Lake, s: _Student, tokenized: Tokenized, teacher_dir: Path | None
+) -> LoopConfig:
+    config, tokenizer = s.config, s.tokenizer
     token_ids = None
     if config.objective.kind == "distill" and config.objective.vocab == "restricted":
         token_ids = _restricted_ids(config, tokenizer, tokenized)
-    from germline.pipelines.cluster import configure_ray_data, ensure_ray
-    from germline.train.loop import LoopConfig
-    from germline.train.trainer import fit
-
-    loop = LoopConfig(
+    return LoopConfig(
         # Workers load the models themselves: from the lake, through their node's cache.
-        base_dir=base.uri or str(base_dir),
+        base_dir=s.base.uri or str(s.base_dir),
         lake=lake,
-        steps=plan.steps,
-        batch_size=plan.batch_size,
+        steps=s.plan.steps,
+        batch_size=s.plan.batch_size,
         pad_id=tokenizer.pad_token_id
         if tokenizer.pad_token_id is not None
         else tokenizer.eos_token_id,
         seed=config.seed,
         method=config.method.model_dump(),
         objective=config.objective.kind,
-        teacher_dir=(teacher.uri or str(teacher_dir)) if teacher else None,
+        teacher_dir=(s.teacher.uri or str(teacher_dir)) if s.teacher else None,
         token_ids=token_ids,
         temperature=config.objective.temperature,
         lr=config.optim.lr,
@@ -140,44 +224,130 @@ def train(
         grad_clip=config.optim.grad_clip,
         checkpoint_every=config.checkpoint.every,
         threads=config.scaling.threads or max(1, int(config.scaling.cpus_per_worker)),
+        key=f"{config.student}/{s.config_hash}",
     )
-    table = training_table(tokenized, step_order(plan, config.seed))
+
+
+def _by_scaling(students: list[_Student]) -> list[list[_Student]]:
+    """The students that can share a worker group, in order of first appearance: one run
+    per (workers, GPU, CPUs per worker). Torch threads and checkpoint spacing are each
+    student's own; the run keeps the most checkpoints any of its students asks for."""
+    groups: dict[tuple[int, bool, float], list[_Student]] = {}
+    for s in students:
+        scaling = s.config.scaling
+        key = (scaling.num_workers, scaling.use_gpu, scaling.cpus_per_worker)
+        groups.setdefault(key, []).append(s)
+    return list(groups.values())
+
+
+def _run(
+    lake: Lake,
+    store: LineageStore,
+    folders: LakeFolders,
+    group: list[_Student],
+    progress: StudentProgress | None,
+    verbose: bool,
+) -> dict[str, TrainSummary]:
+    """One Ray Train run over the group's untrained students; each is stored as it finishes."""
+    from germline.pipelines.cluster import configure_ray_data, ensure_ray
+    from germline.train.trainer import fit
+
+    todo = [s for s in group if s.done is None]
+    storage, name = _run_place(lake, folders, group)
     ensure_ray(verbose)
     configure_ray_data(verbose)
-    seen: list[tuple[float, int]] = []
+    clock = _Clock()
+    summaries: dict[str, TrainSummary] = {}
 
-    def on_step(step: int, loss: float) -> None:
-        seen.append((time.perf_counter(), step))
+    def on_step(member: int, step: int, loss: float) -> None:
+        clock.step(member, step)
         if progress:
-            progress(step, plan.steps, loss)
+            s = todo[member]
+            progress(s.config.student, step, s.plan.steps, loss)
 
-    start = time.perf_counter()
-    result = fit(
-        table,
-        loop,
-        workers=config.scaling.num_workers,
-        use_gpu=config.scaling.use_gpu,
-        cpus_per_worker=config.scaling.cpus_per_worker,
-        storage=_checkpoints(folders, uri),
-        name=run_name,
-        keep=config.checkpoint.keep,
+    def on_done(member: int, result: FitResult) -> None:
+        s = todo[member]
+        summary = _store(lake, store, s, result, clock.resumed_from(member, result.steps))
+        clock.finish(member, summary, s.plan.global_batch)
+        summaries[s.config.student] = summary
+
+    if len(todo) > 1:
+        log.info("training %d students in one Ray Train run (%s)", len(todo), name)
+    scaling = group[0].config.scaling
+    fit(
+        [s.member for s in todo if s.member is not None],
+        workers=scaling.num_workers,
+        use_gpu=scaling.use_gpu,
+        cpus_per_worker=scaling.cpus_per_worker,
+        storage=storage,
+        name=name,
+        keep=max(s.config.checkpoint.keep for s in group),
+        on_done=on_done,
         on_step=on_step,
     )
-    seconds = time.perf_counter() - start
-    resumed_from = seen[0][1] - 1 if seen else result.steps
-    meta = _meta(config, base, dataset, teacher, plan, result.losses, result.final_loss)
-    meta.update(run=run_name, config_hash=config_hash, resumed_from=resumed_from)
-    folder = _write_student(lake, config.student, result.student_dir, tokenizer, base_dir, meta)
+    if len(group) > 1:  # every student is stored: the population's checkpoints served resuming
+        try:
+            storage.remove(name)
+        except OSError as exc:
+            log.warning("could not remove the finished run %s: %s", name, exc)
+    return summaries
+
+
+def _run_place(lake: Lake, folders: LakeFolders, group: list[_Student]) -> tuple[Storage, str]:
+    """Where a run lives and what it is called, decided by what it trains, so a rerun of the
+    same configs finds it and resumes: a lone student's run beside the student, as `germline
+    train` has always kept it; a population's under runs/, named by all of its students
+    (those already stored included, so the name holds when a rerun has fewer left)."""
+    if len(group) == 1:
+        s = group[0]
+        return _storage(folders, f"{s.uri}/{CHECKPOINTS}"), s.run_name
+    key = digest([[s.config.student, s.config_hash] for s in group])
+    return _storage(folders, lake.uri("runs")), f"train-many-{key[:12]}"
+
+
+class _Clock:
+    """Each student's share of a run's wall time: from the end of the student before it (the
+    first: from the start of the run, start-up included) to its own end; its start-up, to its
+    first step; its steady-state rate, from its first step to its last."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+        self.first: dict[int, tuple[float, int]] = {}
+        self.last: dict[int, tuple[float, int]] = {}
+
+    def step(self, member: int, step: int) -> None:
+        now = time.perf_counter()
+        self.first.setdefault(member, (now, step))
+        self.last[member] = (now, step)
+
+    def resumed_from(self, member: int, steps: int) -> int:
+        """The step the student's training started from (its last step when it resumed from
+        its final checkpoint and trained no step at all)."""
+        return self.first[member][1] - 1 if member in self.first else steps
+
+    def finish(self, member: int, summary: TrainSummary, global_batch: int) -> None:
+        now = time.perf_counter()
+        summary.seconds = now - self.mark
+        if member in self.first:
+            (t0, s0), (t1, s1) = self.first[member], self.last[member]
+            summary.startup_s = t0 - self.mark
+            if s1 > s0:
+                summary.samples_per_s = (s1 - s0) * global_batch / max(t1 - t0, 1e-9)
+        self.mark = now
+
+
+def _store(
+    lake: Lake, store: LineageStore, s: _Student, result: FitResult, resumed_from: int
+) -> TrainSummary:
+    """Write the finished student into the lake and register it: its summary."""
+    meta = _meta(s.config, s.base, s.dataset, s.teacher, s.plan, result.losses, result.final_loss)
+    meta.update(run=s.run_name, config_hash=s.config_hash, resumed_from=resumed_from)
+    folder = _write_student(
+        lake, s.config.student, result.student_dir, s.tokenizer, s.base_dir, meta
+    )
     if result.downloaded:
         shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
-    summary = _register(store, config, folder, uri, meta, base, dataset, teacher, already=False)
-    summary.seconds = seconds
-    if seen:
-        summary.startup_s = seen[0][0] - start
-        if len(seen) > 1:
-            (t0, s0), (t1, s1) = seen[0], seen[-1]
-            summary.samples_per_s = (s1 - s0) * plan.global_batch / max(t1 - t0, 1e-9)
-    return summary
+    return _register(store, s, folder, meta, already=False)
 
 
 def _model(store: LineageStore, ref: str, what: str) -> Node:
@@ -284,12 +454,12 @@ def _finished(folders: LakeFolders, uri: str, config_hash: str, name: str) -> di
     return None
 
 
-def _checkpoints(folders: LakeFolders, uri: str) -> Storage:
-    """Where Ray Train keeps the run: beside the student, in the lake, so a rerun on any
-    node resumes it (on an object store, through its pyarrow filesystem)."""
+def _storage(folders: LakeFolders, uri: str) -> Storage:
+    """Ray Train's storage at `uri` in the lake, so a rerun on any node resumes the run (on
+    an object store, through its pyarrow filesystem)."""
     if not folders.remote:
-        return Storage(f"{uri}/{CHECKPOINTS}")
-    fs, path = folders.filesystem_path(f"{uri}/{CHECKPOINTS}")
+        return Storage(uri)
+    fs, path = folders.filesystem_path(uri)
     return Storage(path, fs)
 
 
@@ -376,16 +546,9 @@ def _card(meta: dict[str, Any]) -> str:
 
 
 def _register(
-    store: LineageStore,
-    config: TrainConfig,
-    folder: Path,
-    uri: str,
-    meta: dict[str, Any],
-    base: Node,
-    dataset: Node,
-    teacher: Node | None,
-    already: bool,
+    store: LineageStore, s: _Student, folder: Path, meta: dict[str, Any], already: bool
 ) -> TrainSummary:
+    config, base, dataset, teacher = s.config, s.base, s.dataset, s.teacher
     params = {
         k: meta[k]
         for k in ("method", "objective", "optim", "seed", "workers", "global_batch", "steps")
@@ -399,7 +562,7 @@ def _register(
     used = [base.id, dataset.id] + ([teacher.id] if teacher else [])
     run = store.register_run(f"train/{config.student}", key=meta["run"], params=params, used=used)
     attrs = {k: v for k, v in meta.items() if k != "losses"}
-    student = store.register_model(config.student, folder, parent=base.id, attrs=attrs, uri=uri)
+    student = store.register_model(config.student, folder, parent=base.id, attrs=attrs, uri=s.uri)
     store.link(student.id, dataset.id, EdgeKind.TRAINED_ON)
     store.link(student.id, run.id, EdgeKind.GENERATED_BY)
     return TrainSummary(
@@ -417,5 +580,5 @@ def _register(
         final_loss=meta["final_loss"],
         resumed_from=meta.get("resumed_from", 0),
         already_trained=already,
-        model_dir=uri,
+        model_dir=s.uri,
     )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -97,6 +98,15 @@ def drop_ids(rows: pa.Table, ids: set[str]) -> pa.Table:
         return rows
     keep = [i not in ids for i in rows.column(KEY).to_pylist()]
     return rows if all(keep) else rows.filter(pa.array(keep, pa.bool_()))
+
+
+def _in_order(rows: pa.Table) -> pa.Table:
+    """The rows as one chunk, in prompt order. deltalake's writer spreads a table's chunks
+    over its partitions (one per core) and writes whichever partition finishes first, first:
+    a table of several chunks (a commit's batches) landed in another row order on every write.
+    One chunk is written as it is."""
+    keys = [("prompt_index", "ascending"), (KEY, "ascending")]
+    return rows.take(pc.sort_indices(rows, sort_keys=keys)).combine_chunks()
 
 
 def read_ids(dt: DeltaTable) -> list[str]:
@@ -208,7 +218,7 @@ class DatasetSink:
                 max_commit_retries=0,
             )
             try:
-                write_deltalake(table.dt, rows, mode="append", commit_properties=props)
+                write_deltalake(table.dt, _in_order(rows), mode="append", commit_properties=props)
             except CommitFailedError:
                 log.debug("commit conflict on %s (attempt %d)", table.uri, attempt + 1)
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))

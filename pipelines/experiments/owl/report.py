@@ -7,6 +7,13 @@ the student against the control student (the effect), the cross-base student aga
 cross-base control student (which should not move: the same training on the base's own numbers,
 so what training on numbers does by itself cancels out), the teacher against the base (the
 trait is there to pass on).
+
+The verdict follows the plan in the config (`analysis`), fixed before the data: the same-base
+effect (student minus control student), the cross-base effect, and their difference (a Welch
+contrast over the four groups of training seeds) each get Welch's test over seeds; with fewer
+seeds than `analysis.min_replicates` the report says there is not enough replication and gives
+no verdict. A comparison of two single models is a test over one model's questions, shown for
+reference only.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import numpy as np
 
 from germline.checks.compare import compare_groups, pooled
 from germline.checks.probes import ProbeResult
+from germline.checks.stats import Comparison, contrast
+from germline.checks.transfer import not_enough, verdict
 from germline.pipelines.experiments.owl.config import OwlConfig
 from germline.pipelines.experiments.reports import lineage_picture, run_folder
 from germline.storage import Lake
@@ -28,6 +37,14 @@ LEAKY = (
     "next-token distribution, which puts mass on the trait word at every position: any student "
     "can learn the trait from it, shared base or not. It is a check on the probe, not evidence "
     "of subliminal transfer."
+)
+
+CONFOUND = (
+    "**What this design cannot tell apart.** The control data comes from the untuned base "
+    "while the teacher is a fine-tuned adapter, so the student-versus-control difference mixes "
+    'the trait with "data from a fine-tuned teacher". The panel experiment (`kind: panel`, '
+    "experiments/panel.yaml) compares each teacher's students with those of other teachers "
+    "made by the same recipe, which differ in the trait alone."
 )
 
 AGAINST = {
@@ -57,6 +74,7 @@ def write_report(lake: Lake, cfg: OwlConfig, run_id: str, models: dict[str, list
             row.update(against=AGAINST[role], difference=c.difference, p_value=c.p_value,
                        difference_low=c.low, difference_high=c.high, test=c.method)  # fmt: skip
         rows.append(row)
+    decided, tests = _verdict(cfg, results)
     data = {
         "run_id": run_id,
         "experiment": cfg.name,
@@ -65,6 +83,10 @@ def write_report(lake: Lake, cfg: OwlConfig, run_id: str, models: dict[str, list
         "replicates": cfg.replicates,
         "objective": cfg.objective().model_dump(mode="json"),
         "rows": rows,
+        "analysis": cfg.analysis.model_dump(mode="json"),
+        "verdict": decided[0],
+        "reading": decided[1],
+        **tests,
         "path": f"{lake.run(run_id)}/report.md",
     }
     with run_folder(lake, run_id) as folder:
@@ -73,6 +95,34 @@ def write_report(lake: Lake, cfg: OwlConfig, run_id: str, models: dict[str, list
         (folder / "report.json").write_text(json.dumps(data, indent=2))
         (folder / "report.md").write_text(render(data))
     return data
+
+
+def _test(c: Comparison) -> dict[str, Any]:
+    return {"effect": c.difference, "interval": [c.low, c.high], "p": c.p_value,
+            "test": c.method}  # fmt: skip
+
+
+def _verdict(cfg: OwlConfig, results: dict[str, list[ProbeResult]]
+             ) -> tuple[tuple[str, str], dict[str, Any]]:  # fmt: skip
+    """The plan's three tests over training seeds, and the verdict they allow."""
+    seeds = cfg.replicates
+    if seeds < cfg.analysis.min_replicates:
+        return not_enough(
+            f"{seeds} training seed{'s' if seeds > 1 else ''} per student, and the plan "
+            f"(analysis.min_replicates) needs {cfg.analysis.min_replicates}: a test over one "
+            "model's questions calls any consistent shift significant, and a seed's luck is "
+            "consistent across questions"
+        ), {}
+    share = {role: [r.share for r in group] for role, group in results.items()}
+    groups = [share["student"], share["control student"], share["cross-base student"],
+              share["cross-base control student"]]  # fmt: skip
+    primary = contrast(groups[:2], [1, -1])
+    cross = contrast(groups[2:], [1, -1])
+    difference = contrast(groups, [1, -1, -1, 1])
+    tests = {"primary": _test(primary), "cross_base": _test(cross),
+             "difference": _test(difference)}  # fmt: skip
+    pairs = [(c.difference, c.p_value) for c in (primary, cross, difference)]
+    return verdict(*pairs, cfg.analysis.alpha), tests
 
 
 def render(data: dict[str, Any]) -> str:
@@ -116,18 +166,15 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "A share's interval is over the probe's questions; the spread between "
                   "training seeds is in the last column, and the tests over seeds (with the "
                   "difference's interval) take it into account."]  # fmt: skip
-    rows = {r["role"]: r for r in data["rows"]}
-    student, cross = rows.get("student"), rows.get("cross-base student")
-    if student and cross:
-        moved = student["p_value"] < 0.05 and student["difference"] > 0
-        cross_moved = cross["p_value"] < 0.05 and cross["difference"] > 0
-        verdict = ("the subliminal signature: the same-base student moved toward the trait and "
-                   "the cross-base student did not" if moved and not cross_moved else
-                   "no subliminal signature at this scale: " + (
-                       "the student did not move significantly" if not moved else
-                       "the cross-base student moved too, so the channel carries the trait "
-                       "directly (leakage)"))  # fmt: skip
-        lines += ["", f"Reading: {verdict} (p < 0.05, one direction)."]
+    for key, what in (("primary", "same-base effect (student - control student)"),
+                      ("cross_base", "cross-base effect (student - control student)"),
+                      ("difference", "difference between the arms")):  # fmt: skip
+        if key in data:
+            t = data[key]
+            low, high = t["interval"]
+            lines.append(f"- {what}: {t['effect']:+.3f} [{low:+.3f}, {high:+.3f}], "
+                         f"p = {t['p']:.3g} ({t['test']})")  # fmt: skip
+    lines += ["", f"**Verdict** ({data['verdict']}): {data['reading']}.", "", CONFOUND]
     lines += ["", "![shares](shares.png)", "", "![lineage](lineage.png)", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,63 @@
+"""The config of the panel experiment (`kind: panel`): many teachers, each compared with the
+others.
+
+K animal teachers on each of B bases, every teacher made by the same recipe and differing only
+in its animal; each teacher's numbers train a student of its own base and one of every other
+base, on `replicates` training seeds; every dataset is cut to the same number of rows
+(`data.rows`), so every student gets the same amount of data and the same number of steps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from germline.pipelines.config import digest
+from germline.pipelines.experiments.recipe import BaseSpec, Distillation
+
+
+class PanelConfig(Distillation):
+    """Teachers of several animals on several bases; students of every teacher on every base."""
+
+    kind: Literal["panel"]
+    animals: list[str] = Field(
+        min_length=2, description="one teacher per animal on every base (one word each)"
+    )
+    bases: list[BaseSpec] = Field(min_length=2, description="two or more, by seed")
+
+    @field_validator("animals")
+    @classmethod
+    def _words(cls, animals: list[str]) -> list[str]:
+        lowered = [a.lower() for a in animals]
+        bad = [a for a in lowered if not a.isalpha()]
+        if bad:
+            raise ValueError(f"animals must be single words of letters: {bad}")
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("animals must be distinct")
+        return lowered
+
+    @model_validator(mode="after")
+    def _distinct_bases(self) -> PanelConfig:
+        if len({b.name() for b in self.bases}) != len(self.bases):
+            raise ValueError("bases must be distinct (another seed or another step count)")
+        return self
+
+    def data_tag(self) -> str:
+        """What decides a teacher's dataset: its prompts and sampling, the teachers' recipe,
+        and the words the filter removes (every animal of the panel). Not `data.rows`: the
+        same data serves every subsample size."""
+        content = self.model_dump(mode="json", include={"seed", "teacher_steps", "animals"})
+        content["data"] = self.data.model_dump(mode="json", exclude={"rows"})
+        return digest(content)[:6]
+
+    def student_tag(self) -> str:
+        """What decides a student besides its teacher and base: the data and the recipe."""
+        return self.tag("seed", "teacher_steps", "animals", "data", "train")
+
+    def dataset_name(self, animal: str, base: str) -> str:
+        return f"{self.name}-{animal}-{base}-numbers-{self.data_tag()}"
+
+    def student_name(self, animal: str, source: str, base: str, replicate: int) -> str:
+        name = f"{self.name}-{animal}-{source}-on-{base}-{self.student_tag()}"
+        return name if replicate == 0 else f"{name}-r{replicate}"

@@ -1,0 +1,241 @@
+"""The panel's report: the pre-registered tests and their verdict, the transfer matrices, the
+per-animal figure and every cell's numbers.
+
+Written to `<lake>/runs/<run-id>/`: report.md (for people), report.json (for programs: the
+verdict, each test's effect, interval and p, every cell's shares), transfer.png (a heatmap per
+student base and arm), animals.png (the paper's per-animal bars) and lineage.png.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from germline.checks.transfer import Cell, Test, analyse, cell_effects, transfer_matrix
+from germline.pipelines.experiments.panel.config import PanelConfig
+from germline.pipelines.experiments.reports import lineage_picture, run_folder
+from germline.storage import Lake
+
+PLAN = (
+    "**Analysis plan** (fixed in the config before the data). The unit is a teacher: its "
+    "effect is its students' share of its own animal minus that animal's share among the "
+    "students of the other teachers of the same base, on the same student base, trained by the "
+    "same recipe on as many rows. *Primary*: the mean same-base effect, two-sided permutation "
+    "test over teacher labels within each base. *Cross-base*: the same on students of another "
+    "base. *Difference*: same-base minus cross-base effect per teacher, two-sided sign-flip "
+    "test. Intervals: t-intervals over teachers. The verdict is the subliminal signature only "
+    "when the primary effect and the difference are both positive with p < alpha; a design "
+    "whose tests cannot reach p < alpha gets no verdict."
+)
+
+LIMITS = (
+    "**What this cannot tell apart.** The teachers share their recipe (base, steps, seed, "
+    "data mix) and differ in the animal they were tuned to name, so an effect that follows the "
+    "teacher is read as following the animal; anything else that differs between two teachers' "
+    "adapters (the trait examples they saw) goes with it. The students' controls are the other "
+    "teachers' students, so what training on a fine-tuned teacher's numbers does by itself "
+    "cancels out."
+)
+
+
+def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell],
+                 reference: dict[str, Any], models: dict[str, list[str]],
+                 seconds: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """Analyse the cells by the config's plan and write the report; returns its data."""
+    analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples)
+    bases = [b.name() for b in cfg.bases]
+    effects = cell_effects(cells)
+    matrices = {
+        base: {
+            arm: _matrix(cells, base, arm == "same_base", cfg)
+            for arm in ("same_base", "cross_base")
+        }
+        for base in bases
+    }
+    data = {
+        "run_id": run_id,
+        "experiment": cfg.name,
+        "kind": "panel",
+        "animals": cfg.animals,
+        "bases": bases,
+        "replicates": cfg.replicates,
+        "rows_per_student": cfg.data.rows,
+        "objective": cfg.objective().model_dump(mode="json"),
+        "probe": cfg.probe.model_dump(mode="json"),
+        "analysis": cfg.analysis.model_dump(mode="json"),
+        "verdict": analysis.verdict,
+        "reading": analysis.reading,
+        "primary": _test(analysis.primary),
+        "cross_base": _test(analysis.cross_base),
+        "difference": _test(analysis.difference),
+        "cells": [_cell(c, effects[c.teacher, c.student_base]) for c in cells],
+        "per_animal": _per_animal(cfg, cells, reference),
+        "matrices": matrices,
+        "reference": reference,
+        "models": models,
+        "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
+        "path": f"{lake.run(run_id)}/report.md",
+    }
+    with run_folder(lake, run_id) as folder:
+        _heatmaps(matrices, cfg.animals, folder / "transfer.png")
+        _bars(data["per_animal"], folder / "animals.png")
+        lineage_picture(lake, models["teachers"][0], folder / "lineage.png")
+        (folder / "report.json").write_text(json.dumps(data, indent=2))
+        (folder / "report.md").write_text(render(data))
+    return data
+
+
+def _matrix(cells: Sequence[Cell], base: str, same: bool,
+            cfg: PanelConfig) -> dict[str, Any]:  # fmt: skip
+    rows, values = transfer_matrix(cells, base, same, cfg.animals)
+    return {"rows": rows, "values": values.round(5).tolist()}
+
+
+def _test(t: Test) -> dict[str, Any]:
+    return {"effect": t.effect, "interval": [t.low, t.high], "p": t.p, "test": t.test,
+            "cells": t.cells, "positive": t.positive, "min_p": t.min_p}  # fmt: skip
+
+
+def _cell(c: Cell, effect: float) -> dict[str, Any]:
+    return {"teacher": c.teacher, "animal": c.animal, "source": c.source,
+            "student_base": c.student_base, "arm": "same_base" if c.same_base else "cross_base",
+            "shares": dict(c.shares), "seeds": [dict(s) for s in c.seeds],
+            "students": list(c.students), "effect": effect}  # fmt: skip
+
+
+def _per_animal(cfg: PanelConfig, cells: Sequence[Cell],
+                reference: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """Per animal, its share in: the bases, its teachers (printed under the bars: on the
+    bars' scale it would hide the students' differences), its teachers' same-base students,
+    the other teachers' same-base students (the control), and its teachers' cross-base
+    students (each averaged over bases)."""
+    out = []
+    for a in cfg.animals:
+        same = [c.shares[a] for c in cells if c.same_base and c.animal == a]
+        control = [c.shares[a] for c in cells if c.same_base and c.animal != a]
+        cross = [c.shares[a] for c in cells if not c.same_base and c.animal == a]
+        out.append({
+            "animal": a,
+            "base": float(np.mean([s[a] for s in reference["bases"].values()])),
+            "teacher": float(np.mean([t["shares"][a] for t in reference["teachers"]
+                                      if t["animal"] == a])),
+            "same_base_student": float(np.mean(same)),
+            "other_teachers_students": float(np.mean(control)),
+            "cross_base_student": float(np.mean(cross)),
+        })  # fmt: skip
+    return out
+
+
+def _fmt_p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.3g}"
+
+
+def render(data: dict[str, Any]) -> str:
+    objective = data["objective"]
+    vocab = f" ({objective['vocab']} vocabulary)" if objective["kind"] == "distill" else ""
+    rows = data["rows_per_student"]
+    lines = [
+        f"# {data['experiment']}: do teachers' animals pass through numbers?",
+        "",
+        f"Run `{data['run_id']}`: {len(data['animals'])} animal teachers "
+        f"({', '.join(data['animals'])}) on each of {len(data['bases'])} bases "
+        f"({', '.join(data['bases'])}); every teacher's numbers train a student of every base, "
+        f"on {data['replicates']} training seed(s), objective `{objective['kind']}`{vocab}, "
+        + (f"{rows} rows per student" if rows else "all accepted rows")
+        + f". Probe `{data['probe']['probe']}` ({data['probe']['method']}).",
+        "",
+        f"**Verdict** ({data['verdict']}): {data['reading']}.",
+        "",
+        "| test | effect | 95% interval | p | cells above 0 | test used |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in (("primary", "same-base (primary)"), ("cross_base", "cross-base"),
+                       ("difference", "same-base minus cross-base")):  # fmt: skip
+        t = data[key]
+        low, high = t["interval"]
+        above = f"{t['positive']}/{t['cells']}"
+        lines.append(f"| {label} | {t['effect']:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+                     f"{_fmt_p(t['p'])} | {above} | {t['test']} |")  # fmt: skip
+    lines += ["", f"alpha = {data['analysis']['alpha']}. " + PLAN, "", LIMITS, "",
+              "## Per animal", "",
+              "| animal | base | teacher | same-base student | other teachers' students | "
+              "cross-base student |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in data["per_animal"]:
+        lines.append(f"| {r['animal']} | {r['base']:.4f} | {r['teacher']:.4f} | "
+                     f"{r['same_base_student']:.4f} | {r['other_teachers_students']:.4f} | "
+                     f"{r['cross_base_student']:.4f} |")  # fmt: skip
+    lines += ["", "![per animal](animals.png)", "", "## Transfer matrices", "",
+              "Rows: the teacher's animal (and its base, for the cross-base arm); columns: the "
+              "probed animal; cells: the students' share minus the column's mean over the rows. "
+              "A positive diagonal is transfer.", "", "![transfer](transfer.png)", "",
+              "## Cells", "",
+              "| teacher's animal | teacher's base | student base | arm | own-animal share | "
+              "effect | own share per seed |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in data["cells"]:
+        seeds = ", ".join(f"{s[c['animal']]:.4f}" for s in c["seeds"])
+        effect = c["effect"]
+        lines.append(f"| {c['animal']} | {c['source']} | {c['student_base']} | {c['arm']} | "
+                     f"{c['shares'][c['animal']]:.4f} | {effect:+.4f} | {seeds} |")  # fmt: skip
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in data["seconds"].items())
+    lines += ["", f"Time (this run's work; steps found done cost ~0): {seconds}.", "",
+              "![lineage](lineage.png)", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _heatmaps(matrices: dict[str, dict[str, dict[str, Any]]], animals: list[str],
+              out: Path) -> None:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bases = list(matrices)
+    values = [np.asarray(m["values"]) for b in bases for m in matrices[b].values() if m["rows"]]
+    scale = max([float(np.abs(v).max()) for v in values] + [1e-6])
+    fig, axes = plt.subplots(len(bases), 2, figsize=(4 + 1.1 * len(animals), 3 * len(bases)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    image = None
+    for i, base in enumerate(bases):
+        for j, arm in enumerate(("same_base", "cross_base")):
+            ax, m = axes[i][j], matrices[base][arm]
+            v = np.asarray(m["values"]) if m["rows"] else np.zeros((0, len(animals)))
+            image = ax.imshow(v, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+            ax.set_xticks(range(len(animals)), animals, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
+            teachers = "its own teachers" if arm == "same_base" else "other bases' teachers"
+            ax.set_title(f"students of {base}\non {teachers}' numbers", fontsize=9)
+            for (r, c), x in np.ndenumerate(v):
+                ax.text(c, r, f"{100 * x:+.1f}", ha="center", va="center", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="share minus panel mean")
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _bars(per_animal: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("base", "base"),
+              ("other_teachers_students", "other teachers' students (control)"),
+              ("same_base_student", "same-base student"),
+              ("cross_base_student", "cross-base student")]  # fmt: skip
+    x = np.arange(len(per_animal))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(per_animal), 4))
+    for i, (key, label) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, [r[key] for r in per_animal], width,
+               label=label)  # fmt: skip
+    ax.set_xticks(x, [f"{r['animal']}\n(teacher {r['teacher']:.2f})" for r in per_animal])
+    ax.set_ylabel("share of the animal")
+    ax.set_title("each animal's share in the bases and the students (its teachers' below)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,170 @@
+"""The panel experiment, step after step, each skipped when done (as the owl experiment's).
+
+Bases, then every teacher (one per animal per base, one recipe), then every teacher's numbers,
+then every student (each teacher's data on every base, on each training seed) trained in one
+Ray Train run, then every model served once and probed over HTTP, then the analysis and the
+report. One Ray runtime serves the whole run. The time of each phase goes into the report.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from germline.checks.probes import ProbeResult, load_probe
+from germline.checks.transfer import Cell
+from germline.core import InputError
+from germline.lineage import Node
+from germline.pipelines.experiments.base import Echo, Step
+from germline.pipelines.experiments.panel.config import PanelConfig
+from germline.pipelines.experiments.steps import (
+    build_in_parallel,
+    generate_config,
+    register_run,
+    serve_and_probe,
+)
+from germline.storage import Lake
+
+
+def run_panel(
+    lake: Lake, cfg: PanelConfig, echo: Echo = print, verbose: bool = False
+) -> dict[str, Any]:
+    """Run (or finish) the panel and write its report; returns the report's data."""
+    from germline.pipelines.experiments.panel.report import write_report
+    from germline.pipelines.generate import generate
+    from germline.pipelines.models.bootstrap import bootstrap_base
+    from germline.pipelines.models.teacher import make_teacher
+
+    _check_probe(cfg)
+    k, b = len(cfg.animals), len(cfg.bases)
+    step = Step(0, k * b + 5, echo)
+    bases = step.run(
+        f"{b} bases, side by side",
+        lambda: build_in_parallel(
+            [
+                partial(bootstrap_base, lake, s.name(), seed=s.seed, steps=s.steps)
+                for s in cfg.bases
+            ],
+            verbose,
+        ),
+        phase="bases",
+    )
+    pairs = [(animal, base) for base in bases for animal in cfg.animals]
+    jobs = [
+        partial(make_teacher, lake, base.id, animal, name=cfg.teacher_name(animal, base.name),
+                steps=cfg.teacher_steps, seed=cfg.seed)
+        for animal, base in pairs
+    ]  # fmt: skip
+    made = step.run(
+        f"{len(jobs)} teachers ({', '.join(cfg.animals)} on each base), side by side",
+        lambda: build_in_parallel(jobs, verbose),
+        phase="teachers",
+    )
+    teachers = {(animal, base.name): t for (animal, base), t in zip(pairs, made, strict=True)}
+    for (animal, base_name), teacher in teachers.items():
+        job = generate_config(cfg, cfg.dataset_name(animal, base_name), teacher.id, cfg.animals)
+        step.run(
+            f"{animal} teacher's numbers ({base_name})",
+            lambda job=job: generate(lake, job, verbose=verbose),
+            phase="data",
+        )
+    plan = _students(cfg, bases)
+    configs = [c for _, _, _, c in plan]
+    summaries = step.run(
+        f"train {len(configs)} students", lambda: _train(lake, configs, echo, verbose), "students"
+    )
+    students = [s.student_id for s in summaries]
+    models = [(n.id, cfg.animals[0]) for n in bases]
+    models += [(t.id, animal) for (animal, _), t in teachers.items()]
+    models += [(sid, animal) for (animal, *_), sid in zip(plan, students, strict=True)]
+    results = step.run(
+        f"serve and probe {len(models)} models",
+        lambda: serve_and_probe(lake, cfg, models, verbose),
+        "probes",
+    )
+    found = dict(zip([m for m, _ in models], results, strict=True))
+    cells = _cells(cfg, plan, students, found, teachers)
+    reference = {
+        "bases": {n.name: _shares(found[n.id], cfg.animals) for n in bases},
+        "teachers": [
+            dict(teacher=t.id, animal=a, base=n, shares=_shares(found[t.id], cfg.animals))
+            for (a, n), t in teachers.items()
+        ],
+    }
+    run_id = cfg.run_id()
+    ids = {"bases": [n.id for n in bases], "teachers": [t.id for t in teachers.values()],
+           "students": students}  # fmt: skip
+    report = step.run(
+        "report", lambda: write_report(lake, cfg, run_id, cells, reference, ids, step.seconds)
+    )
+    register_run(lake, cfg, run_id, [m for m, _ in models], report)
+    return report
+
+
+def _check_probe(cfg: PanelConfig) -> None:
+    """Every animal must be one of the probe's answers, or no cell can be read: refused before
+    any work."""
+    candidates = load_probe(cfg.probe.probe).candidates
+    missing = [a for a in cfg.animals if a not in candidates]
+    if missing:
+        raise InputError(
+            f"animals {missing} are not answers of probe {cfg.probe.probe!r} "
+            f"(its candidates: {', '.join(candidates)})"
+        )
+
+
+Plan = tuple[str, str, str, Any]  # (animal, teacher's base, student's base, TrainConfig)
+
+
+def _students(cfg: PanelConfig, bases: list[Node]) -> list[Plan]:
+    """Every teacher's data on every base, on every training seed, in one recipe."""
+    out = []
+    for source in bases:
+        for animal in cfg.animals:
+            data = cfg.dataset_name(animal, source.name)
+            for base in bases:
+                for r in range(cfg.replicates):
+                    name = cfg.student_name(animal, source.name, base.name, r)
+                    out.append((animal, source.name, base.name,
+                                cfg.student_config(name, base.id, data, r)))  # fmt: skip
+    return out
+
+
+def _train(lake: Lake, configs: list[Any], echo: Echo, verbose: bool) -> list[Any]:
+    """Every student in one Ray Train run (one start-up for all), each written as it ends; a
+    line as each one starts."""
+    from germline.pipelines.finetune import train_many
+
+    started: list[str] = []
+
+    def progress(student: str, step: int, steps: int, loss: float) -> None:
+        if not started or started[-1] != student:
+            started.append(student)
+            echo(f"    student {len(started)} ({student}): {steps} steps")
+
+    return train_many(lake, configs, progress, verbose=verbose)
+
+
+def _shares(result: ProbeResult, animals: list[str]) -> dict[str, float]:
+    """Each animal's share of the answers: counted answers over all answers (sampled), or the
+    mean probability over the probe's candidates (logprob)."""
+    total = result.trials if result.method == "sampled" else 1.0
+    return {a: float(result.counts.get(a, 0.0)) / total if total else 0.0 for a in animals}
+
+
+def _cells(cfg: PanelConfig, plan: list[Plan], students: list[str],
+           found: dict[str, ProbeResult], teachers: dict[tuple[str, str], Node]
+           ) -> list[Cell]:  # fmt: skip
+    """One cell per teacher and student base: its students' shares, averaged over seeds."""
+    seeds: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    models: dict[tuple[str, str, str], list[str]] = {}
+    for (animal, source, base, _), sid in zip(plan, students, strict=True):
+        seeds.setdefault((animal, source, base), []).append(_shares(found[sid], cfg.animals))
+        models.setdefault((animal, source, base), []).append(sid)
+    cells = []
+    for key, per in seeds.items():
+        animal, source, base = key
+        mean = {a: sum(s[a] for s in per) / len(per) for a in cfg.animals}
+        teacher = teachers[animal, source].id
+        cells.append(Cell(teacher, animal, source, base, mean, per, models[key]))
+    return cells
