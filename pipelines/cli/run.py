@@ -23,9 +23,10 @@ from germline.pipelines.cli.output import emit_json
 @click.pass_context
 def run(ctx: click.Context, config_file: Path, overrides: tuple[str, ...]) -> None:
     """Run an experiment end to end, skipping every step the lake shows done; prints a line
-    per step, then the report. The config's `kind` picks the experiment: the owl experiment
-    (bases, teacher, number data, students, serving, probes) when it has none; `kind:
-    mnist-aux` runs the paper's MLP experiment on digits."""
+    per step, then the report. The config's `kind` picks the experiment: `kind: panel` (the
+    main job: teachers of several animals on several bases, each compared with the others)
+    or the owl experiment (bases, one teacher, number data, students, serving, probes) when it
+    has none; `kind: mnist-aux` runs the paper's MLP experiment on digits."""
     from germline.pipelines.config import read_config, validate
     from germline.pipelines.experiments import kind_of
     from germline.storage import LakeFolders

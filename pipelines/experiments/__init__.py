@@ -1,10 +1,11 @@
 """`germline run`: experiments, one subpackage per kind, found by the config's `kind`.
 
-A kind registers its config model and its run function in `EXPERIMENTS` (see `owl/` and
-`mnist_aux/`): a new kind is one new subpackage, and `germline run` finds it by name. A config
-without `kind` is the owl experiment, the paper's main comparison. Shared by every kind:
-`base` (the config's ids, the step lines), `reports` (a run's folder, its lineage picture,
-finding a report again) and `resources` (where each step runs).
+A kind registers its config model and its run function in `EXPERIMENTS` (see `panel/`, `owl/`
+and `mnist_aux/`): a new kind is one new subpackage, and `germline run` finds it by name. A
+config without `kind` is the owl experiment, the paper's single-teacher table (the main job is
+`kind: panel`). Shared by every kind: `base` (the config's ids, the step lines), `reports` (a
+run's folder, its lineage picture, finding a report again) and `resources` (where each step
+runs); by the distillation kinds: `recipe` (their config) and `steps` (data, serving, probes).
 """
 
 from __future__ import annotations
