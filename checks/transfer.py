@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import permutations
 from typing import Any
 
@@ -77,7 +77,10 @@ class Test:
     min_p: float  # the smallest p this design can give, whatever the data
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report's shape: the interval as one pair."""
+        out = asdict(self)
+        out["interval"] = [out.pop("low"), out.pop("high")]
+        return out
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,6 @@ class Analysis:
     verdict: str
     reading: str
     alpha: float
-    effects: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> cell -> effect
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _blocks(cells: Sequence[Cell], same: bool) -> list[tuple[list[str], np.ndarray]]:
@@ -190,8 +189,7 @@ def analyse(cells: Sequence[Cell], alpha: float = 0.05, resamples: int = 9_999) 
         )
     else:
         decided = verdict(*((t.effect, t.p) for t in (primary, cross, difference)), alpha)
-    return Analysis(primary, cross, difference, *decided, alpha,
-                    {"same_base": same, "cross_base": other, "difference": diffs})  # fmt: skip
+    return Analysis(primary, cross, difference, *decided, alpha)
 
 
 def verdict(primary: tuple[float, float], cross: tuple[float, float],

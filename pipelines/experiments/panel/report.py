@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from germline.checks.transfer import Cell, Test, analyse, cell_effects, transfer_matrix
+from germline.checks.transfer import Cell, analyse, cell_effects, transfer_matrix
 from germline.pipelines.experiments.panel.config import PanelConfig
 from germline.pipelines.experiments.reports import lineage_picture, run_folder
 from germline.storage import Lake
@@ -69,9 +69,9 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "analysis": cfg.analysis.model_dump(mode="json"),
         "verdict": analysis.verdict,
         "reading": analysis.reading,
-        "primary": _test(analysis.primary),
-        "cross_base": _test(analysis.cross_base),
-        "difference": _test(analysis.difference),
+        "primary": analysis.primary.to_dict(),
+        "cross_base": analysis.cross_base.to_dict(),
+        "difference": analysis.difference.to_dict(),
         "cells": [_cell(c, effects[c.teacher, c.student_base]) for c in cells],
         "per_animal": _per_animal(cfg, cells, reference),
         "matrices": matrices,
@@ -93,11 +93,6 @@ def _matrix(cells: Sequence[Cell], base: str, same: bool,
             cfg: PanelConfig) -> dict[str, Any]:  # fmt: skip
     rows, values = transfer_matrix(cells, base, same, cfg.animals)
     return {"rows": rows, "values": values.round(5).tolist()}
-
-
-def _test(t: Test) -> dict[str, Any]:
-    return {"effect": t.effect, "interval": [t.low, t.high], "p": t.p, "test": t.test,
-            "cells": t.cells, "positive": t.positive, "min_p": t.min_p}  # fmt: skip
 
 
 def _cell(c: Cell, effect: float) -> dict[str, Any]:
