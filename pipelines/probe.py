@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,11 +56,44 @@ def probe_model(
 ) -> tuple[ProbeResult, str | None]:
     """Probe `model`, store the result; returns it with its lineage node id (None when the
     model is not in the lake's lineage, say a model of another server)."""
-    try:
-        canonical = client.models.retrieve(model).id
-    except Exception as exc:  # the server's own 404 or connection error, said plainly
-        raise InputError(f"cannot reach model {model!r} at {base_url}: {exc}") from None
-    result = run_probe(client, canonical, spec, how)
+    return probe_models(lake, client, base_url, [(model, spec)], how)[0]
+
+
+def probe_models(
+    lake: Lake,
+    client: Any,
+    base_url: str,
+    jobs: Sequence[tuple[str, ProbeSpec]],
+    how: ProbeSettings,
+    parallel: int = 3,
+) -> list[tuple[ProbeResult, str | None]]:
+    """Probe every (model, spec) pair, `parallel` models at a time, and store the results in
+    the order given. A probe's requests are small and its time goes to the server's
+    per-request overhead, so one model at a time leaves the server's CPUs partly idle;
+    the stores stay sequential (one writer of the probes table and of lineage)."""
+
+    def measure(job: tuple[str, ProbeSpec]) -> tuple[str, ProbeResult]:
+        model, spec = job
+        try:
+            canonical = client.models.retrieve(model).id
+        except Exception as exc:  # the server's own 404 or connection error, said plainly
+            raise InputError(f"cannot reach model {model!r} at {base_url}: {exc}") from None
+        return canonical, run_probe(client, canonical, spec, how)
+
+    done = []
+    with ThreadPoolExecutor(max(1, min(parallel, len(jobs)))) as pool:
+        # in order, each stored as soon as it and those before it are measured: a model that
+        # fails costs only its own result
+        for (canonical, result), (_, spec) in zip(pool.map(measure, jobs), jobs, strict=True):
+            done.append((result, _record(lake, base_url, canonical, spec, how, result)))
+    return done
+
+
+def _record(
+    lake: Lake, base_url: str, canonical: str, spec: ProbeSpec, how: ProbeSettings,
+    result: ProbeResult,
+) -> str | None:  # fmt: skip
+    """Append the result to the probes table and, for a model in lineage, add its probe node."""
     store = LineageStore(lake)
     node_id = None
     try:
@@ -97,4 +132,4 @@ def probe_model(
         mode="append",
         storage_options=lake.storage_options,
     )
-    return result, node_id
+    return node_id

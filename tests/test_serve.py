@@ -387,7 +387,8 @@ def test_probe_command_stores_results_and_lineage(server: str, lake: Lake, tmp_p
               "--model", "tiny-base-s0", "--model", TEACHER, "--format", "json"]  # fmt: skip
     sampled = germline(*common, "--samples", "4", lake=lake, check=True)
     out = json.loads(sampled.stdout)
-    base, teacher = out["results"]
+    base, teacher = out["results"]  # measured side by side, reported in --model order
+    assert "tiny-base-s0" in base["model"] and "tiny-base-s0" not in teacher["model"]
     assert base["trials"] == teacher["trials"] == 12 and 0 <= teacher["share"] <= 1
     assert base["low"] <= base["share"] <= base["high"]
     assert 0 <= out["comparisons"][0]["p_value"] <= 1

@@ -39,14 +39,14 @@ def probe(ctx: click.Context, base_url: str, api_key: str, models: tuple[str, ..
 
     from germline.checks.compare import compare
     from germline.checks.probes import ProbeSettings, load_probe
-    from germline.pipelines.probe import probe_model
+    from germline.pipelines.probe import probe_models
 
     spec = load_probe(probe_name).with_target(
         target, [c.strip() for c in candidates.split(",")] if candidates else None
     )
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=300)
     how = ProbeSettings(method, samples, temperature, seed)  # type: ignore[arg-type]
-    results = [probe_model(ctx.obj["lake"], client, base_url, m, spec, how) for m in models]
+    results = probe_models(ctx.obj["lake"], client, base_url, [(m, spec) for m in models], how)
     comparisons = [compare(r, results[0][0]) for r, _ in results[1:]]
     if fmt == "json":
         emit_json({

@@ -89,7 +89,7 @@ def serve_and_probe(
     from ray import serve
 
     from germline.pipelines.cluster import start_serving
-    from germline.pipelines.probe import probe_model
+    from germline.pipelines.probe import probe_models
 
     base = load_probe(cfg.probe.probe)
     if cfg.probe.questions:
@@ -101,10 +101,8 @@ def serve_and_probe(
     url = start_serving(settings, "127.0.0.1", _free_port(), "germline-experiment", verbose)
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
-        return [
-            probe_model(lake, client, url, model_id, base.with_target(target, None), how)[0]
-            for model_id, target in models
-        ]
+        jobs = [(model_id, base.with_target(target, None)) for model_id, target in models]
+        return [result for result, _ in probe_models(lake, client, url, jobs, how)]
     finally:
         serve.delete("germline-experiment")
 
