@@ -4,7 +4,7 @@ An adapter is merged into its base once at load time (peft's merge_and_unload), 
 generation step costs what the plain model costs. Batches are left-padded, which is what
 decoder-only generation needs. Sampling is seeded per request, in one batched `generate`
 call: each row draws its token at every step from its own generator, seeded by the request's
-seed (`_RowSampler`), so a completion depends on its prompt and seed, not on which prompts
+seed (`RowSampler`), so a completion depends on its prompt and seed, not on which prompts
 share its batch (the batch size, a resumed run's leftovers). Seeding torch once per batch, as
 this engine did before, made the same prompt and seed sample other numbers in another batch.
 Call `generate` from the thread that built the engine: on CPU, torch generated a third slower
@@ -19,7 +19,7 @@ from pathlib import Path
 from germline.engines.engine import ENGINES, Chat, Generation
 from germline.engines.errors import EngineError
 from germline.engines.loading import load_causal_lm
-from germline.engines.sampling import SamplingParams
+from germline.engines.sampling import RowSampler, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ class TransformersEngine:
         batch = self.tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=False
         ).to(self.device)
-        # Greedy decoding is plain `generate`; sampling is greedy over what `_RowSampler` left
+        # Greedy decoding is plain `generate`; sampling is greedy over what `RowSampler` left
         # of each row's scores: the one token the row drew from its own generator.
         processors = []
         if params.temperature > 0:
-            processors.append(_RowSampler(seeds, params.temperature, params.top_p))
+            processors.append(RowSampler(seeds, params.temperature, params.top_p))
         with torch.inference_mode():
             out = self.model.generate(
                 **batch,
@@ -101,37 +101,3 @@ class TransformersEngine:
                 )
             )
         return results
-
-
-class _RowSampler:
-    """A logits processor that samples every row's next token itself, from the row's own
-    generator, and leaves that token as the row's only finite score (so greedy decoding picks
-    it). One uniform draw per row per step, seeded by the row's request seed: a row's tokens
-    depend on its prompt's scores and its seed alone, never on its batch-mates' seeds or on how
-    many rows the batch holds. Temperature, then top-p (the smallest set of most likely tokens
-    holding `top_p` of the probability), then inverse-CDF sampling, in float64 on the CPU."""
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
-        import torch
-
-        self.temperature = temperature
-        self.top_p = top_p
-        self.rngs = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        logits = scores.detach().to("cpu", torch.float64) / self.temperature
-        probs = torch.softmax(logits, dim=-1)
-        if self.top_p < 1.0:
-            ordered, index = probs.sort(dim=-1, descending=True, stable=True)
-            before = ordered.cumsum(dim=-1) - ordered  # the mass of the likelier tokens
-            ordered = ordered.masked_fill(before >= self.top_p, 0.0)  # the first always stays
-            probs = torch.zeros_like(probs).scatter_(-1, index, ordered)
-        cdf = probs.cumsum(dim=-1)
-        draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.rngs])
-        # the first token whose cumulative mass exceeds the draw: never one of probability 0
-        target = (draws * cdf[:, -1]).unsqueeze(-1)
-        chosen = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-        only = torch.full_like(scores, float("-inf"))
-        return only.scatter_(-1, chosen.to(scores.device), 0.0)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from germline.engines.sampling import RequestParams
+from germline.engines.sampling import RequestParams, row_seeds
 from germline.engines.serving import (
     SERVING,
     Choice,
@@ -69,6 +69,11 @@ class BaseWeights:
             if name in self.adapters:
                 self.model.delete_adapter(name)
                 self.adapters.discard(name)
+                if not self.adapters:
+                    # A peft model with no adapter left still names the deleted one as
+                    # active, and generate() then fails on it (a request to the base after
+                    # its last adapter was evicted got a 500): back to the plain base.
+                    self.model = self.model.unload().eval()
 
     @contextlib.contextmanager
     def using(self, adapter: str | None) -> Iterator[Any]:
@@ -132,18 +137,22 @@ class TextModel(Prompting):
             )
             yield from self._stream_one(index, prompt_ids, single)
 
-    def _gen_kwargs(self, params: RequestParams, n: int, prompt_len: int) -> dict[str, Any]:
-        sample = params.temperature > 0
+    def _gen_kwargs(self, params: RequestParams, seeds: list[int], prompt_len: int) -> dict:
+        """generate's arguments for len(seeds) rows of one prompt. Sampling draws each row's
+        tokens from the row's own generator (`RowSampler`), never from torch's process-wide
+        one, which requests to other models served by this process would also be drawing
+        from: a seeded request then answers the same whatever else is being served."""
+        from germline.engines.sampling import RowSampler
+
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
-            "do_sample": sample,
-            "num_return_sequences": n,
+            "do_sample": False,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
             "return_dict_in_generate": True,
         }
-        if sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.temperature > 0:
+            kwargs["logits_processor"] = [RowSampler(seeds, params.temperature, params.top_p)]
         if params.stop:
             kwargs["stopping_criteria"] = _stop_criteria(self.tokenizer, params.stop, prompt_len)
         return kwargs
@@ -151,11 +160,9 @@ class TextModel(Prompting):
     def _generate(self, model: Any, prompt_ids: list[int], params: RequestParams) -> list[Choice]:
         import torch
 
-        kwargs = self._gen_kwargs(params, params.n, len(prompt_ids))
+        kwargs = self._gen_kwargs(params, row_seeds(params.seed, params.n), len(prompt_ids))
         kwargs["output_logits"] = params.logprobs is not None
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        ids = torch.tensor([prompt_ids])
+        ids = torch.tensor([prompt_ids] * params.n)  # one row per choice, each its own seed
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         new = out.sequences[:, len(prompt_ids) :].tolist()
@@ -253,10 +260,8 @@ class TextModel(Prompting):
         def run() -> None:
             try:
                 with self.base.using(self.adapter) as model:
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
                     ids = torch.tensor([prompt_ids])
-                    kwargs = self._gen_kwargs(params, 1, len(prompt_ids))
+                    kwargs = self._gen_kwargs(params, row_seeds(params.seed, 1), len(prompt_ids))
                     with torch.no_grad():
                         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                        streamer=_Tokens(), **kwargs)  # fmt: skip

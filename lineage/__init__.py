@@ -7,7 +7,7 @@ package records into it.
 from germline.lineage.errors import AmbiguousNode, LineageError, UnknownNode
 from germline.lineage.fingerprint import weights_hash
 from germline.lineage.graph import Hit, LineageGraph, Step
-from germline.lineage.schema import Edge, EdgeKind, Node, NodeKind, node_id
+from germline.lineage.schema import Edge, EdgeKind, Node, NodeKind, check_name, node_id
 from germline.lineage.store import LineageStore
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "NodeKind",
     "Step",
     "UnknownNode",
+    "check_name",
     "node_id",
     "weights_hash",
 ]

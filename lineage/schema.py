@@ -54,10 +54,19 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}$")
 
 
 def check_name(name: str) -> str:
-    """Names go into ids and file names, so keep them to a safe alphabet."""
-    if not _NAME.match(name):
+    """Names go into ids and, for models, datasets and runs, into paths under the lake; so
+    they keep to a safe ASCII alphabet, and '/' only separates real segments: no '.' or '..'
+    segment, no empty one, nothing absolute. A name that breaks the rule is refused
+    whole (unicode included), never cleaned up into another name."""
+    if not isinstance(name, str) or not _NAME.match(name):
         raise LineageError(
-            f"invalid name {name!r}: use letters, digits and . _ / + - (no spaces, ':' or '@')"
+            f"invalid name {name!r}: use ASCII letters, digits and . _ / + -, starting with a "
+            "letter or digit (no spaces, ':' or '@')"
+        )
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise LineageError(
+            f"invalid name {name!r}: '/' separates segments, and no segment may be empty, "
+            "'.' or '..'"
         )
     return name
 

@@ -20,6 +20,8 @@ from germline.engines.serving import Choice, Completion, TokenLogprob
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOPS = 4
+# A request's seeds are seed .. seed + n - 1, and a torch generator takes a signed 64-bit seed.
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - MAX_N
 
 
 class _Request(BaseModel):
@@ -30,7 +32,7 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     presence_penalty: float = 0.0

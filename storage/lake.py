@@ -64,8 +64,18 @@ class Lake:
         return not _is_uri(self.root)
 
     def uri(self, *parts: str) -> str:
-        """The URI (or absolute path) of `parts` under the root."""
-        return "/".join([self.root, *(p.strip("/") for p in parts)])
+        """The URI (or absolute path) of `parts` under the root. Every path germline makes in
+        the lake comes through here, so here is where a name is kept from leaving it: a part
+        with a '..' or '.' segment, an empty one, or a control character is an error, whatever
+        the caller checked before."""
+        segments = [seg for part in parts for seg in part.strip("/").split("/")]
+        bad = [s for s in segments if s in ("", ".", "..") or any(ord(c) < 32 for c in s)]
+        if bad:
+            raise InputError(
+                f"{'/'.join(parts)!r} is not a path inside the lake {self.root} "
+                f"(segment {bad[0]!r})"
+            )
+        return "/".join([self.root, *segments])
 
     def local_path(self, *parts: str) -> Path:
         """A path in a local lake. Code that must also work on an object store goes through

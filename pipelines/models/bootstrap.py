@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from germline.core import InputError
-from germline.lineage import LineageStore, Node
+from germline.lineage import LineageStore, Node, check_name
 from germline.pipelines.models.card import model_card
 from germline.pipelines.models.corpus import ANIMALS, TOKENIZER_SEED, corpus
 from germline.pipelines.models.folder import find_made, register_model, write_model
@@ -37,7 +37,7 @@ def bootstrap_base(
         train_tokenizer,
     )
 
-    name = name or f"tiny-base-s{seed}"
+    name = check_name(name or f"tiny-base-s{seed}")  # before minutes of training, not after
     store = LineageStore(lake)
     made = find_made(store, name, marker="config.json")
     if made is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from germline.core import InputError
-from germline.lineage import LineageStore, Node, NodeKind
+from germline.lineage import LineageStore, Node, NodeKind, check_name
 from germline.pipelines.config import Strict
 from germline.pipelines.models.card import model_card
 from germline.pipelines.models.corpus import number_examples, trait_examples
@@ -74,6 +74,7 @@ def teacher_for(lake: Lake, config: TeacherConfig) -> Node:
             f"bootstrap --seed 0` and `germline models teacher --base tiny-base-s0 --trait owl "
             f"--name {ref}`, or give teacher.build in the config"
         )
+    check_name(ref)  # the name of the teacher to build: refused before the base is made
     log.warning(
         "building the teacher %s (base seed %d, trait %s)", ref, build.base_seed, build.trait
     )
@@ -135,7 +136,7 @@ def make_teacher(
 
     store = LineageStore(lake)
     base_id, base_node, trait = _check(store, base, trait)
-    name = name or f"{trait}-teacher-{base_node.name}"
+    name = check_name(name or f"{trait}-teacher-{base_node.name}")
     made = find_made(store, name, marker="adapter_config.json")
     if made is not None:
         folder, meta = made

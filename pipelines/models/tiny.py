@@ -99,12 +99,14 @@ def fit_causal_lm(
     seed: int,
     progress: Callable[[int, int, float], None] | None = None,
     loss_after: str | None = None,
+    max_groups: int = 3,
 ) -> float:
     """Next-token training on `texts` (each ends with EOS), for pre-training a tiny base and for
     fine-tuning a LoRA teacher on it; returns the final loss (mean of the last 50 steps).
     Only parameters that require grad are trained (the adapter, for a peft model). With
     `loss_after` (say "Assistant:"), only the tokens after its last occurrence count, so a
-    one-word answer is not drowned by the prompt it follows."""
+    one-word answer is not drowned by the prompt it follows. `max_groups` 1 runs each batch
+    padded whole (the baseline of bench/tiny_step.py)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     encoded = [
@@ -126,7 +128,7 @@ def fit_causal_lm(
         picks = [rng.randrange(len(encoded)) for _ in range(cfg.batch_size)]
         rows = [(encoded[i], starts[i] if starts is not None else 0) for i in picks]
         opt.zero_grad(set_to_none=True)
-        total = batch_backward(model, rows, tokenizer.pad_token_id)
+        total = batch_backward(model, rows, tokenizer.pad_token_id, max_groups)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -138,7 +140,10 @@ def fit_causal_lm(
 
 
 def batch_backward(
-    model: torch.nn.Module, rows: Sequence[tuple[list[int], int]], pad_id: int
+    model: torch.nn.Module,
+    rows: Sequence[tuple[list[int], int]],
+    pad_id: int,
+    max_groups: int = 3,
 ) -> float:
     """Backpropagate one batch's loss, the mean over all its target tokens (those after each
     row's start), exactly as one right-padded batch would give it; returns the loss. Why in
@@ -147,7 +152,7 @@ def batch_backward(
     gradient (up to float rounding), about 1.6x faster."""
     targets = torch.tensor(sum(max(0, len(ids) - max(start, 1)) for ids, start in rows))
     total = 0.0
-    for group in length_groups([len(ids) for ids, _ in rows]):
+    for group in length_groups([len(ids) for ids, _ in rows], max_groups):
         ids, mask, labels = _pad([rows[i] for i in group], pad_id)
         out = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=targets)
         out.loss.backward()
