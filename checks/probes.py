@@ -68,8 +68,12 @@ def load_probe(name: str) -> ProbeSpec:
         raise InputError(f"unknown probe {name!r}: shipped probes are {known}, or give a file")
     try:
         return ProbeSpec.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
+    except (yaml.YAMLError, ValidationError, OSError) as exc:
         raise InputError(f"probe {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"probe {path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise InputError(f"probe {path}: nested too deeply to be a probe") from None
 
 
 _WORD = re.compile(r"[a-z]+")

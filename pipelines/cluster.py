@@ -15,14 +15,21 @@ from typing import Any
 
 
 def ensure_ray(verbose: bool = False) -> None:
-    """Attach to RAY_ADDRESS if set, else start an embedded local cluster; once per process."""
+    """Attach to RAY_ADDRESS if set, else start an embedded local cluster; once per process.
+
+    Only RAY_ADDRESS means a cluster. Without it, `ray.init()` would attach to whatever
+    cluster `ray start` last recorded on the machine (its `ray_current_cluster` file): a
+    stale one made every command hang retrying a dead address, and a live one (another
+    project's) would have run germline's work there. `address="local"` always starts a
+    cluster of germline's own."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    address = os.environ.get("RAY_ADDRESS") or None
     ray.init(
-        address=os.environ.get("RAY_ADDRESS") or None,
+        address=address or "local",
         include_dashboard=False,
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.ERROR,

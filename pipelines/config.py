@@ -90,8 +90,12 @@ def read_yaml(file: Path) -> dict[str, Any]:
         raw = yaml.safe_load(file.read_text())
     except OSError as exc:
         raise InputError(f"cannot read config {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{file}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{file}: nested too deeply to be a config") from None
     if not isinstance(raw, dict):
         raise InputError(f"{file}: expected a mapping of settings at the top level")
     return raw

@@ -57,7 +57,10 @@ class Lake:
             return cls(chosen.rstrip("/"), options)
         if chosen.startswith("file://"):
             chosen = urlparse(chosen).path
-        return cls(str(Path(chosen).expanduser().resolve()), options)
+        path = Path(chosen).expanduser().resolve()
+        if path.exists() and not path.is_dir():  # read as an empty lake, it hid the mistake
+            raise InputError(f"lake {path} is a file, not a folder")
+        return cls(str(path), options)
 
     @property
     def is_local(self) -> bool:

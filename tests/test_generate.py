@@ -174,6 +174,14 @@ def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
         result = germline("generate", str(path), lake=lake)
         assert result.returncode == 2, (text, result.stdout)
         assert message in result.stderr and str(path) in result.stderr, result.stderr
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"dataset: \xff\xfe\x00")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("dataset: " + "[" * 5000 + "]" * 5000 + "\n")
+    for path, message in ((binary, "not UTF-8 text"), (deep, "nested too deeply")):
+        result = germline("generate", str(path), lake=lake)  # both were tracebacks
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
     missing = germline("generate", str(tmp_path / "nope.yaml"), lake=lake)
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
     assert not (tmp_path / "lake" / "datasets").exists()

@@ -63,3 +63,14 @@ def test_folder_filesystem_takes_the_table_options(options: dict, expected: dict
     assert path == "bucket/lake"
     settings = fs.__reduce__()[1][0]  # what the filesystem was built with (how it pickles)
     assert {k: settings[k] for k in expected} == expected
+
+
+def test_a_lake_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    from conftest import germline
+
+    file = tmp_path / "not-a-lake"
+    file.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        Lake.resolve(file)
+    result = germline("--lake", str(file), "lineage", "list")  # was: an empty listing
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from germline.checks.probes import load_probe, normalise
 from germline.checks.stats import paired_bootstrap, two_proportions, wilson
+from germline.core import InputError
 
 
 def test_shipped_probe_is_the_papers_shape() -> None:
@@ -85,3 +88,21 @@ def test_welch_over_training_seeds() -> None:
     assert low < np.mean(a) < high
     with pytest.raises(ValueError, match="at least two"):
         welch([0.1], [0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"questions: \xff\xfe", "not UTF-8 text"),
+        (b"questions: " + b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b"questions: [\n", "probe"),
+        (b"- a list\n", "probe"),
+    ],
+)
+def test_a_malformed_probe_file_is_one_input_error(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        load_probe(str(path))
