@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from germline.engines.sampling import RequestParams, row_seeds
+from germline.engines.sampling import RequestParams, RowSampler, row_seeds
 from germline.engines.serving import (
     SERVING,
     Choice,
@@ -142,8 +142,6 @@ class TextModel(Prompting):
         tokens from the row's own generator (`RowSampler`), never from torch's process-wide
         one, which requests to other models served by this process would also be drawing
         from: a seeded request then answers the same whatever else is being served."""
-        from germline.engines.sampling import RowSampler
-
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
             "do_sample": False,
