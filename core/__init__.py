@@ -5,7 +5,7 @@ new engine, prompt family or experiment kind be one new file (`registry`). Impor
 germline.
 """
 
-from germline.core.errors import GermlineError, InputError, RunAborted
+from germline.core.errors import GermlineError, InputError, RunAborted, plain
 from germline.core.registry import Registry
 
-__all__ = ["GermlineError", "InputError", "Registry", "RunAborted"]
+__all__ = ["GermlineError", "InputError", "Registry", "RunAborted", "plain"]

@@ -14,6 +14,12 @@ own code, and no code ever has to read an error's message to know what happened:
 
 from __future__ import annotations
 
+import re
+
+# A frame of a Rust backtrace as deltalake's errors carry it: "  12: start_thread" and its
+# "      at ./nptl/pthread_create.c:442:8" source line, under an optional header.
+_FRAME = re.compile(r"^\s+(\d+: |at \S+:\d+)|^\s*stack backtrace:\s*$")
+
 
 class GermlineError(Exception):
     """Base of germline's own errors. `exit_code` is what the command line exits with."""
@@ -41,3 +47,10 @@ class RunAborted(GermlineError):
     """A run stopped on purpose: what it committed before stopping stays in the lake."""
 
     exit_code = 1
+
+
+def plain(exc: BaseException | str) -> str:
+    """An error's message as a user reads it: without the Rust backtrace frames deltalake
+    appends (a dozen `N: <unknown>` lines after the one that says what went wrong)."""
+    text = str(exc)
+    return "\n".join(line for line in text.splitlines() if not _FRAME.match(line)).strip()

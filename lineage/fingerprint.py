@@ -25,8 +25,8 @@ NOT_WEIGHTS = frozenset(
 def weight_files(path: Path) -> list[Path]:
     """The weight files of a model directory, top level only (checkpoint subfolders are not
     the model), in a stable order."""
-    if path.is_file():
-        return [path] if path.suffix in WEIGHT_SUFFIXES else []
+    if not path.is_dir():  # a file, or a device such as /dev/null: never a folder to list
+        return [path] if path.is_file() and path.suffix in WEIGHT_SUFFIXES else []
     return sorted(
         f
         for f in path.iterdir()

@@ -27,6 +27,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.serde import Serde
 from openlineage.client.uuid import generate_static_uuid
 
+from germline.lineage.errors import LineageError
 from germline.lineage.graph import LineageGraph
 from germline.lineage.schema import EdgeKind, NodeKind
 
@@ -159,7 +160,10 @@ def write_openlineage(
 ) -> int:
     """Write the events as JSON lines; returns how many."""
     events = openlineage_events(graph, namespace)
-    with Path(out).open("w") as fh:
-        for event in events:
-            fh.write(Serde.to_json(event) + "\n")
+    try:
+        with Path(out).open("w") as fh:
+            for event in events:
+                fh.write(Serde.to_json(event) + "\n")
+    except OSError as exc:  # a folder, a missing parent, no permission: the user's to fix
+        raise LineageError(f"cannot write {out}: {exc.strerror or exc}") from None
     return len(events)

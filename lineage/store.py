@@ -19,6 +19,7 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from germline.core import plain
 from germline.lineage.errors import LineageError
 from germline.lineage.fingerprint import weights_hash
 from germline.lineage.graph import LineageGraph
@@ -105,7 +106,7 @@ class LineageStore:
             raise LineageError(f"{table} is not a Delta table") from None
         except (DeltaError, OSError) as exc:
             what = f"version {version} of {table}" if version is not None else table
-            raise LineageError(f"cannot open {what}: {exc}") from None
+            raise LineageError(f"cannot open {what}: {plain(exc)}") from None
         actions = pa.table(dt.get_add_actions(flatten=True))
         rows = pc.sum(actions.column("num_records")).as_py() or 0 if actions.num_rows else 0
         node = Node(

@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from germline.core import plain
 from germline.lineage.errors import LineageError
 
 MAX_ATTEMPTS = 200
@@ -69,7 +70,9 @@ class KeyedTable:
                 time.sleep(waits.pop(0))
                 continue
             except (DeltaError, OSError) as exc:
-                raise LineageError(f"cannot read {self.name} table at {self.uri}: {exc}") from None
+                raise LineageError(
+                    f"cannot read {self.name} table at {self.uri}: {plain(exc)}"
+                ) from None
             self._check(dt)
             return dt
 
@@ -108,7 +111,9 @@ class KeyedTable:
             reader = QueryBuilder().register("t", dt).execute(f"SELECT {cols} FROM t")
             table = pa.table(reader)
         except (DeltaError, OSError, pa.ArrowException, Exception) as exc:
-            raise LineageError(f"cannot read {self.name} table at {self.uri}: {exc}") from None
+            raise LineageError(
+                f"cannot read {self.name} table at {self.uri}: {plain(exc)}"
+            ) from None
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
         table = (
             schema.empty_table() if table.num_rows == 0 else table.select(schema.names).cast(schema)
@@ -170,11 +175,13 @@ class KeyedTable:
             except DeltaError as exc:
                 if dt is not None:
                     raise LineageError(
-                        f"cannot write {self.name} table at {self.uri}: {exc}"
+                        f"cannot write {self.name} table at {self.uri}: {plain(exc)}"
                     ) from None
                 create_failed = exc  # perhaps another writer created it first: look again
             except OSError as exc:
-                raise LineageError(f"cannot write {self.name} table at {self.uri}: {exc}") from None
+                raise LineageError(
+                    f"cannot write {self.name} table at {self.uri}: {plain(exc)}"
+                ) from None
             time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
         raise LineageError(f"gave up writing {self.uri} after {MAX_ATTEMPTS} conflicting commits")
 

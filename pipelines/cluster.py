@@ -8,10 +8,14 @@ chatter (the dashboard, per-operator progress bars, worker log forwarding) stays
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
+
+from germline.core import InputError
 
 
 def ensure_ray(verbose: bool = False) -> None:
@@ -21,20 +25,84 @@ def ensure_ray(verbose: bool = False) -> None:
     cluster `ray start` last recorded on the machine (its `ray_current_cluster` file): a
     stale one made every command hang retrying a dead address, and a live one (another
     project's) would have run germline's work there. `address="local"` always starts a
-    cluster of germline's own."""
+    cluster of germline's own, and that cluster listens on loopback only (`loopback_only`).
+    A RAY_ADDRESS that nothing answers is an error within seconds, not Ray's endless retry."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     address = os.environ.get("RAY_ADDRESS") or None
-    ray.init(
-        address=address or "local",
-        include_dashboard=False,
-        log_to_driver=verbose,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        configure_logging=True,
-    )
+    if address is not None:
+        check_answers(address)
+    with contextlib.nullcontext() if address else loopback_only():
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            configure_logging=True,
+            **({} if address else {"_node_ip_address": LOOPBACK}),
+        )
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Make the embedded cluster's every socket (GCS, raylet, workers, agents) bind 127.0.0.1.
+
+    Ray turns a loopback node address into the machine's outward address (so a node can be
+    reached by others) unless its "clusters enabled" switch is off, the setting it uses on
+    macOS and Windows for exactly this: a single-machine Ray that listens on loopback. The
+    switch is read once, when Ray is imported, so it is set both in the environment (for the
+    processes Ray starts) and on the imported constant. Ray has no authentication unless
+    token auth is on, so an embedded cluster on every interface would be an open door to
+    running code on a shared machine; `tests/test_embedded_ray.py` lists the sockets.
+
+    Both are put back afterwards: the processes started inside keep the setting, and a
+    `ray start` this process runs later (a worker node, say) is not refused as a second
+    node of a "single-machine" Ray."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+def check_answers(address: str, timeout: float = 5.0) -> None:
+    """Raise an InputError naming `address` unless something accepts a connection there.
+    `ray.init` on a dead address retries for minutes, printing a warning every few seconds."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    target = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = target.hostname, target.port
+    except ValueError:  # a port that is not a number
+        host = port = None
+    if not host or port is None:
+        raise InputError(f"RAY_ADDRESS {address!r} is not host:port (or ray://host:port)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"no Ray cluster answers at {address} (RAY_ADDRESS): {exc.strerror or exc}; "
+            "start it, or unset RAY_ADDRESS for an embedded cluster"
+        ) from None
 
 
 def configure_ray_data(verbose: bool = False) -> None:
@@ -76,7 +144,35 @@ def start_serving(settings: Any, host: str, port: int, name: str, verbose: bool 
 
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    check_port_free(host, port)
     ensure_ray(verbose)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings), name=name, route_prefix="/", blocking=False)
     return f"http://{host}:{port}/v1"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise an InputError if host:port cannot be bound, before Ray starts: Serve's proxy
+    would fail inside an actor and surface as a long traceback after Ray's start-up."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise InputError(f"cannot serve on {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InputError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+                + (
+                    " (another server has it; pick another --port)"
+                    if exc.errno == errno.EADDRINUSE
+                    else ""
+                )
+            ) from None

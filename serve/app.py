@@ -14,6 +14,7 @@ demand, and the least recently used ones are dropped beyond `max_models` (serve.
 # (Request, the request bodies) at runtime, through Serve's ingress wrapper.
 
 import asyncio
+import hmac
 import json
 import logging
 import weakref
@@ -55,6 +56,7 @@ class ServeSettings:
     max_models: int = 8  # models (adapters or full models) held per pool replica
     max_pending: int = 64  # requests admitted at once; beyond it, 429
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    max_body_bytes: int = 8 * 2**20  # the largest request body; beyond it, 400
     threads: int | None = None  # torch threads in a pool replica
     pool_cpus: float = 1.0
     pool_gpus: float = 0.0
@@ -123,7 +125,8 @@ class ModelPool:
 
     def _prompts(self, model: Prompting, job: Job) -> tuple[list[list[int]], RequestParams]:
         """Token ids of every prompt, and the params with max_tokens settled; JobError 400
-        when something does not fit."""
+        when something does not fit. Run in a thread: tokenising a long prompt on the
+        replica's event loop stalled every other model's requests behind it."""
         try:
             if job.kind == "chat":
                 assert job.messages is not None
@@ -147,7 +150,7 @@ class ModelPool:
     async def run(self, job: Job) -> list[Completion] | JobError:
         try:
             model = await self._model()
-            ids, params = self._prompts(model, job)
+            ids, params = await asyncio.to_thread(self._prompts, model, job)
             return [await model.acomplete(one, params) for one in ids]
         except JobError as exc:
             return exc
@@ -157,7 +160,7 @@ class ModelPool:
         tokens, completion tokens); or one ("error", JobError)."""
         try:
             model = await self._model()
-            ids, params = self._prompts(model, job)
+            ids, params = await asyncio.to_thread(self._prompts, model, job)
         except JobError as exc:
             yield ("error", exc)
             return
@@ -189,6 +192,74 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 def _event(payload: dict) -> str:
     """One server-sent event."""
     return f"data: {json.dumps(payload)}\n\n"
+
+
+class _BodyLimit:
+    """An ASGI middleware that refuses a request body over the gateway's `max_body_bytes`
+    with a 400 naming the limit: from its Content-Length before reading anything, or, for a
+    chunked body, as soon as the bytes received pass the limit (so at most the limit is
+    ever held in memory).
+
+    The limit is a class attribute that the gateway sets when it starts: Serve ships the
+    gateway's class by value (with copies of the module's objects, `api` among them) but
+    this class by reference, so the class is the one thing both sides see."""
+
+    limit: int | None = None
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = _BodyLimit.limit
+        if scope["type"] != "http" or limit is None:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode()
+        if declared.isdigit():
+            if int(declared) > limit:
+                await self._refuse(scope, limit, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        # No length given (a chunked upload): read it here, at most `limit` bytes, then hand
+        # the app the body it would have read (whose own error would not name the limit).
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await self._refuse(scope, limit, send)
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: dict, limit: int, send: Any) -> None:
+        refusal = _error(400, f"the request body is over {limit} bytes (the server's limit)")
+        await refusal(scope, _no_body, send)
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+api.add_middleware(_BodyLimit)
 
 
 @api.exception_handler(RequestValidationError)
@@ -229,13 +300,15 @@ class Gateway:
         self.settings = settings
         self.registry = ModelRegistry(settings.lake_obj())
         self.pending = 0
+        _BodyLimit.limit = settings.max_body_bytes
 
     def _auth(self, request: Request) -> None:
         key = self.settings.api_key
         if key is None:
             return
-        given = request.headers.get("authorization", "")
-        if given != f"Bearer {key}":
+        given = request.headers.get("authorization", "").encode()
+        # constant time: how long a wrong key takes must not say how much of it was right
+        if not hmac.compare_digest(given, f"Bearer {key}".encode()):
             raise HTTPException(401, "Incorrect or missing API key (Authorization: Bearer KEY)")
 
     async def _served(self, ref: str) -> ServedModel:
@@ -350,7 +423,7 @@ class Gateway:
                 if event[0] == "error":
                     exc: JobError = event[1]
                     yield _event(error_body(exc.message, "invalid_request_error", exc.param))
-                    return
+                    break
                 if event[0] == "usage":
                     if include_usage:
                         chunk = (chat_chunk if job.kind == "chat" else text_chunk)(
@@ -370,9 +443,13 @@ class Gateway:
                     yield _event(chat_chunk(stream_id, served.id, index, delta, finish))
                 else:
                     yield _event(text_chunk(stream_id, served.id, index, text, finish))
-            yield "data: [DONE]\n\n"
+        except Exception as exc:  # the pool failed mid-stream: say so in the stream's own terms
+            log.exception("stream %s failed", stream_id)
+            yield _event(error_body(f"the stream failed: {type(exc).__name__}", "server_error"))
         finally:
             slot.release()
+        # every stream ends with [DONE], an error or not: a client waits for it
+        yield "data: [DONE]\n\n"
 
 
 def build_app(settings: ServeSettings) -> Any:

@@ -20,6 +20,11 @@ from germline.engines.serving import Choice, Completion, TokenLogprob
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOPS = 4
+# A completion request's batch: at most MAX_PROMPTS prompts and MAX_GENERATIONS completions
+# (prompts x n). One request holds one admission slot, so without a cap a few hundred bytes
+# could ask for hundreds of generations and hold the pool for seconds.
+MAX_PROMPTS = 128
+MAX_GENERATIONS = 256
 # A request's seeds are seed .. seed + n - 1, and a torch generator takes a signed 64-bit seed.
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - MAX_N
 
@@ -146,6 +151,10 @@ class CompletionRequest(_Request):
             raise ValueError("echo with stream is not supported")
         if not self.prompts:
             raise ValueError("prompt is empty")
+        if len(self.prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        if len(self.prompts) * self.n > MAX_GENERATIONS:
+            raise ValueError(f"at most {MAX_GENERATIONS} completions per request (prompts x n)")
         return self
 
     @property

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -203,7 +203,7 @@ class LakeFolders:
                 return local
             files = sorted(version["files"])
             log.info("downloading %s (%d files) to %s", uri, len(files), local)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}-", dir=local.parent))
+            tmp = _fresh_dir(local)
             try:
                 self._download(uri, files, tmp)
                 self._localize_base(tmp)
@@ -338,7 +338,7 @@ class LakeFolders:
     @contextmanager
     def _staging(self, local: Path) -> Iterator[Path]:
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}-", dir=local.parent))
+        tmp = _fresh_dir(local)
         try:
             yield tmp
         finally:
@@ -354,6 +354,20 @@ class LakeFolders:
         fs, path = self.filesystem_path(uri)
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(i.path.rsplit("/", 1)[-1] for i in infos)
+
+
+def _fresh_dir(local: Path) -> Path:
+    """A new, empty hidden folder beside `local`, to build it in and rename into place.
+
+    Made with the process's umask (`tempfile.mkdtemp` makes 0700 folders, and the rename
+    would carry that into the lake: a model no one else on a shared lake could read)."""
+    while True:
+        tmp = local.parent / f".{local.name}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _upload_rank(name: str, last: tuple[str, ...]) -> tuple[bool, bool]:

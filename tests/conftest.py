@@ -210,3 +210,21 @@ def write_config(path: Path, raw: dict) -> Path:
     """A config dict as the YAML file a user would write."""
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def stop_ray_start(head: subprocess.Popen) -> None:
+    """Stop a `ray start --block` process started in its own session: SIGTERM lets it stop
+    its own processes (GCS last, so the drain it asks the GCS for is answered); anything
+    left in its process group is killed after. Never `ray stop`, which would also stop the
+    embedded clusters of the test process."""
+    import contextlib
+    import signal
+
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)

@@ -237,6 +237,8 @@ def test_export_openlineage(cli_lake: tuple[Lake, dict[str, str]], tmp_path: Pat
         (["lineage", "at-risk", "numbers"], "needs a model"),
         (["lineage", "draw", "teacher", "-o", "/tmp/x.gif"], "cannot draw"),
         (["lineage", "register", "run", "r", "--param", "novalue"], "KEY=VALUE"),
+        (["lineage", "register", "model", "x", "--path", "/dev/null"], "is not a model"),
+        (["lineage", "export", "--openlineage", "/tmp"], "cannot write /tmp: Is a directory"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(
@@ -252,6 +254,33 @@ def test_bad_input_one_line_exit_2_nothing_written(
         DeltaTable(lake.lineage_nodes).version(),
         DeltaTable(lake.lineage_edges).version(),
     )
+
+
+def test_serve_on_a_busy_port_is_one_line_before_ray_starts(tmp_path: Path) -> None:
+    import socket
+
+    lake = Lake.resolve(tmp_path / "lake")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = germline("serve", "--port", str(port), lake=lake)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: cannot serve on 127.0.0.1:{port}: Address already in use "
+                     "(another server has it; pick another --port)"]  # fmt: skip
+
+
+def test_a_corrupt_delta_log_is_one_line_without_rust_frames(tmp_path: Path) -> None:
+    lake = Lake.resolve(tmp_path / "lake")
+    germline("lineage", "register", "run", "r1", lake=lake, check=True)
+    (Path(lake.lineage_nodes) / "_delta_log" / "00000000000000000000.json").write_text('{"cut')
+    result = germline("lineage", "list", lake=lake)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot read"), lines
+    # deltalake appends a Rust backtrace ("0: <unknown>", "at ./nptl/..."): none of it
+    assert "<unknown>" not in lines[0] and " at ./" not in lines[0] and "0: " not in lines[0]
 
 
 def test_foreign_lineage_table_via_cli(tmp_path: Path) -> None:

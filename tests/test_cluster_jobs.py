@@ -11,11 +11,9 @@ back from the bucket: the report, the lineage, and every model kept in the bucke
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import stop_ray_start
 
 from germline.lineage import LineageStore
 from germline.pipelines.config import load_config
@@ -102,16 +101,7 @@ def ray_head() -> Iterator[dict]:
             time.sleep(1)
         yield {"url": url, "env": env, "headers": headers}
     finally:
-        # `ray start --block` stops its own processes on SIGTERM (GCS last, so the drain it
-        # asks the GCS for is answered); anything left in the group is killed after.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_ray_start(head)
         log.close()
 
 

@@ -74,3 +74,35 @@ def test_a_lake_that_is_a_file_is_an_error(tmp_path: Path) -> None:
         Lake.resolve(file)
     result = germline("--lake", str(file), "lineage", "list")  # was: an empty listing
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+def test_model_folders_follow_the_umask(tmp_path: Path) -> None:
+    """A team shares a lake: a folder made under umask 022 reads for everyone, as any
+    `mkdir` would make it (they were 0700, the mode of a temporary folder)."""
+    import os
+    import stat
+
+    from germline.storage import LakeFolders
+
+    lake = Lake.resolve(tmp_path / "lake")
+    old = os.umask(0o022)
+    try:
+        made = LakeFolders(lake).save(
+            lake.model("shared"), lambda d: (d / "w.bin").write_bytes(b"1")
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o755
+    assert stat.S_IMODE((made / "w.bin").stat().st_mode) == 0o644
+
+
+def test_an_unwritable_lake_is_one_line(tmp_path: Path) -> None:
+    """Tests run as root in CI, where permissions do not stop a write: /proc refuses any new
+    folder whoever asks, as a read-only mount or a lake without write access does."""
+    from conftest import germline
+
+    result = germline("--lake", "/proc/germline-lake", "models", "bootstrap", "--name", "b",
+                      "--steps", "1")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "/proc/germline-lake" in lines[0]

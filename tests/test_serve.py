@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import openai
 import pyarrow as pa
@@ -129,7 +130,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(lake: Lake) -> Iterator[str]:
-    proc, url = start_server(lake, "--max-models", "2", "--max-tokens", "128")
+    proc, url = start_server(lake, "--max-models", "2", "--max-tokens", "128",
+                             "--max-request-mb", "1")  # fmt: skip
     yield url
     stop_server(proc)
     assert proc.returncode == 0, proc.stderr.read()
@@ -304,6 +306,71 @@ def test_auth_and_errors(server: str, client: openai.OpenAI) -> None:
     assert status == 400 and "not valid JSON" in body["error"]["message"]
 
 
+def test_request_limits_are_400s_naming_the_limit(server: str, client: openai.OpenAI) -> None:
+    """A few bytes must not buy unbounded work, nor a big body unbounded memory: each limit
+    is a 400 that says which (a 517-byte request once ran 640 generations for 22 s)."""
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    from germline.serve.openai_api import MAX_GENERATIONS, MAX_PROMPTS
+
+    with pytest.raises(openai.BadRequestError) as many:
+        client.completions.create(model=STUDENT, prompt=["1, 2"] * (MAX_PROMPTS + 1), max_tokens=1)
+    assert f"at most {MAX_PROMPTS} prompts" in many.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as fan:
+        client.completions.create(model=STUDENT, prompt=["1, 2"] * 32, n=16, max_tokens=1)
+    assert f"at most {MAX_GENERATIONS} completions" in fan.value.body["message"]
+    big = json.dumps({"model": STUDENT, "prompt": "7" * (2**20 + 10), "max_tokens": 1}).encode()
+    status, body = http(f"{server}/v1/completions", big, KEY)  # with its Content-Length
+    assert status == 400 and f"over {2**20} bytes" in body["error"]["message"], body
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(big), 2**16):
+            yield big[start : start + 2**16]
+
+    where = urlsplit(server)
+    conn = HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/completions", body=chunks(), encode_chunked=True,
+                     headers={"Authorization": f"Bearer {KEY}",
+                              "Content-Type": "application/json"})  # fmt: skip
+        reply = conn.getresponse()
+        assert reply.status == 400 and b"bytes (the server's limit)" in reply.read()
+    finally:
+        conn.close()
+    # under every limit, the same server still answers
+    assert client.completions.create(model=STUDENT, prompt="1, 2", max_tokens=2).choices
+
+
+def test_a_long_prompt_does_not_stall_another_models_requests(
+    server: str, client: openai.OpenAI
+) -> None:
+    """Tokenising runs off the pool's event loop: while long prompts to one model are being
+    tokenised, a short request to another model is answered as fast as alone."""
+    long = "7, " * 300_000  # ~0.9 MB: under the body limit, far over the context
+
+    def refused() -> None:
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model=STUDENT, prompt=long, max_tokens=1)
+
+    def short() -> float:
+        start = time.perf_counter()
+        client.completions.create(model=OTHER_BASE, prompt="1, 2", max_tokens=1, seed=1)
+        return time.perf_counter() - start
+
+    short()  # loaded and warm
+    alone = min(short() for _ in range(3))
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(refused) for _ in range(3)]  # ~1.5 s of tokenising each
+        beside = []
+        while not all(f.done() for f in slow):
+            beside.append(short())
+        for f in slow:
+            f.result()
+    # a stalled loop held a short request for a whole tokenisation (1.5 s or more)
+    assert len(beside) >= 2 and max(beside) < alone + 0.75, (alone, beside)
+
+
 def test_bounded_load_no_5xx(server: str) -> None:
     """200 requests, 16 at a time, to 127.0.0.1: every one answered, none a server error, and
     every answer the one the same seeded request gets alone (concurrency changes nothing a
@@ -456,3 +523,41 @@ def test_probe_command_stores_results_and_lineage(server: str, lake: Lake, tmp_p
     missing = germline("probe", "--base-url", f"{server}/v1", "--api-key", KEY,
                        "--model", "absent-model", lake=lake)  # fmt: skip
     assert missing.returncode == 2 and "absent-model" in missing.stderr
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
+    """The gateway's event stream, fed a pool stream that breaks after its first delta (a
+    replica lost mid-answer): the client gets the delta, an error event, then [DONE], and
+    the admission slot is freed; a stream the pool ends with an error event also ends with
+    [DONE] (clients wait for it)."""
+    from germline.engines.sampling import RequestParams
+    from germline.serve.app import Gateway, Job, JobError, _Slot
+    from germline.serve.registry import ServedModel
+
+    class Counter:
+        pending = 1
+
+    async def broken() -> Any:
+        yield ("delta", 0, " 4", None)
+        raise RuntimeError("replica died")
+
+    async def refused() -> Any:
+        yield ("error", JobError(400, "no room"))
+
+    gateway = Gateway.func_or_class
+    served = ServedModel("model:x@1", "x", "x", "x", False, None, "model:x@1", 0)
+    job = Job("text", RequestParams(max_tokens=4), prompts=["1, 2"])
+
+    async def collect(events: Any) -> list[str]:
+        holder = Counter()
+        first = await events.__anext__()
+        out = [e async for e in gateway._sse(None, first, events, served, job, False,
+                                             _Slot(holder))]  # fmt: skip
+        assert holder.pending == 0
+        return out
+
+    out = asyncio.run(collect(broken()))
+    assert '" 4"' in out[0] and '"server_error"' in out[1] and out[-1] == "data: [DONE]\n\n"
+    assert len(out) == 3
+    out = asyncio.run(collect(refused()))
+    assert "no room" in out[0] and out[-1] == "data: [DONE]\n\n" and len(out) == 2

@@ -16,14 +16,22 @@ from typing import Any, NoReturn
 
 import click
 
-from germline.core import GermlineError, RunAborted
+from germline.core import GermlineError, InputError, RunAborted, plain
 from germline.pipelines.cli.options import key_values
 from germline.storage import Lake
 
 
 def one_line(exc: BaseException) -> str:
-    """An error as one line: storage errors from deltalake span several."""
-    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    """An error as one line: storage errors from deltalake span several, and carry Rust
+    backtrace frames that say nothing to the user."""
+    return "; ".join(line.strip() for line in plain(exc).splitlines() if line.strip())
+
+
+def os_error(exc: OSError) -> InputError:
+    """A file-system error that reached the command (a lake on a read-only mount, a full
+    disk, a folder where a file should be) as the input error it is: the user's to fix."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return InputError(f"cannot use{where}: {exc.strerror or plain(exc)}")
 
 
 # The group's options that also work after the command, where a job submission puts them:
@@ -81,6 +89,10 @@ class GermlineGroup(click.Group):
             return super().invoke(ctx)
         except GermlineError as exc:
             fail(exc)
+        except OSError as exc:
+            if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: where it came from
+                raise
+            fail(os_error(exc))
 
 
 def _quiet_third_parties() -> None:

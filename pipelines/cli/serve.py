@@ -33,6 +33,8 @@ def _serving_engine(_ctx: click.Context, param: click.Parameter, name: str) -> s
               help="Requests admitted at once; beyond this a request gets 429.")  # fmt: skip
 @click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
               help="The largest max_tokens a request may ask for.")  # fmt: skip
+@click.option("--max-request-mb", default=8.0, show_default=True, type=click.FloatRange(0.001),
+              help="The largest request body, in MiB; beyond it a request gets 400.")  # fmt: skip
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch threads of the model pool [default: torch's own].")  # fmt: skip
 @click.option("--engine", default="transformers", show_default=True, callback=_serving_engine,
@@ -44,8 +46,8 @@ def _serving_engine(_ctx: click.Context, param: click.Parameter, name: str) -> s
               help="A vLLM engine argument (repeatable), e.g. max_model_len=4096.")  # fmt: skip
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_models: int,
-          max_pending: int, max_tokens: int, threads: int | None, engine: str, num_gpus: float,
-          engine_options: dict) -> None:  # fmt: skip
+          max_pending: int, max_tokens: int, max_request_mb: float, threads: int | None,
+          engine: str, num_gpus: float, engine_options: dict) -> None:  # fmt: skip
     """Serve the lake's models OpenAI-compatibly (/v1/models, /v1/chat/completions,
     /v1/completions) until interrupted. Model ids are lineage ids; unique names work too.
     Adapters load onto their base on demand."""
@@ -63,6 +65,7 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         max_models=max_models,
         max_pending=max_pending,
         max_tokens=max_tokens,
+        max_body_bytes=int(max_request_mb * 2**20),
         threads=threads,
         engine=engine,
         pool_gpus=num_gpus,

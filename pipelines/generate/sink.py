@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from germline.core import InputError
+from germline.core import InputError, plain
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ def _open_or_create(
                 raise_if_key_not_exists=False,
             )
         except (DeltaError, OSError) as exc:
-            raise InputError(f"cannot create the table {uri}: {exc}") from None
+            raise InputError(f"cannot create the table {uri}: {plain(exc)}") from None
     except (DeltaError, OSError) as exc:
-        raise InputError(f"cannot open the table {uri}: {exc}") from None
+        raise InputError(f"cannot open the table {uri}: {plain(exc)}") from None
     meta = dt.metadata()
     if meta.name != name:
         raise InputError(f"{uri} is not a germline {name.split('.')[-1]} table ({meta.name!r})")
@@ -224,7 +224,7 @@ class DatasetSink:
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
                 continue
             except (DeltaError, OSError) as exc:
-                raise InputError(f"cannot write to {table.uri}: {exc}") from None
+                raise InputError(f"cannot write to {table.uri}: {plain(exc)}") from None
             # write_deltalake moved `dt` to the version it just made, so the ids are current.
             table.ids.update(rows.column(KEY).to_pylist())
             table.version = table.dt.version()
