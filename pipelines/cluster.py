@@ -35,6 +35,8 @@ def ensure_ray(verbose: bool = False) -> None:
     address = os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_answers(address)
+    else:
+        own_token()
     with contextlib.nullcontext() if address else loopback_only():
         ray.init(
             address=address or "local",
@@ -47,6 +49,23 @@ def ensure_ray(verbose: bool = False) -> None:
 
 
 LOOPBACK = "127.0.0.1"
+
+
+def own_token() -> None:
+    """Token authentication for the embedded cluster, with a token of its own.
+
+    Ray 2.60 turns token auth on for a new local cluster and, when the user has no token,
+    writes one to `~/.ray/auth_token`: every germline command (and every test) would leave a
+    file in the home folder. A fresh random token in the environment gives the same
+    protection (the cluster's processes inherit it) and writes nothing. A user who chose a
+    mode (`RAY_AUTH_MODE`) keeps it."""
+    import secrets
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    # Ray sets the mode itself (and refreshes its config) for a new local cluster; given a
+    # token in the environment, it neither makes nor writes one.
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 @contextlib.contextmanager

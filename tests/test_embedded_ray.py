@@ -77,7 +77,8 @@ LISTENING = (
     "        continue\n"
     "    found += [[name, c.laddr.ip, c.laddr.port] for c in conns\n"
     "              if c.status == psutil.CONN_LISTEN]\n"
-    "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address, 'sockets': found}))\n"
+    "print(json.dumps({'gcs': ray.get_runtime_context().gcs_address, 'sockets': found,\n"
+    "                  'auth': os.environ.get('RAY_AUTH_MODE')}))\n"
     "serve.shutdown()\n"
     "ray.shutdown()\n"
 )
@@ -87,7 +88,8 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 def _env(ray_tmpdir: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # as on a fresh machine
+        env.pop(name, None)
     return {**env, **extra}
 
 
@@ -98,8 +100,11 @@ def test_the_embedded_cluster_listens_on_loopback_only(ray_tmpdir: Path) -> None
     import json
 
     port = int(_dead_address().rsplit(":", 1)[1])
+    home = ray_tmpdir / "home"  # Ray 2.60 writes ~/.ray/auth_token unless given a token
+    home.mkdir()
     ran = subprocess.run(
-        [sys.executable, "-c", LISTENING], env=_env(ray_tmpdir, SERVE_PORT=str(port)),
+        [sys.executable, "-c", LISTENING],
+        env=_env(ray_tmpdir, SERVE_PORT=str(port), HOME=str(home)),
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-2000:]
@@ -114,6 +119,8 @@ def test_the_embedded_cluster_listens_on_loopback_only(ray_tmpdir: Path) -> None
     assert seen["gcs"].startswith("127.0.0.1:"), seen["gcs"]
     open_ = [s for s in sockets if s[1] not in LOOPBACK]
     assert not open_, f"listening beyond loopback: {open_}"
+    assert not list(home.rglob("*")), "the embedded Ray wrote to the home folder"
+    assert seen["auth"] == "token"  # and it still has token authentication, its own token
 
 
 @pytest.mark.slow

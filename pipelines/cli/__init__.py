@@ -9,12 +9,13 @@ and prints. This entry point only adds the commands.
     germline run/report -> cli/run.py      -> pipelines/experiments (EXPERIMENTS, find_report)
     germline models     -> cli/models.py   -> pipelines/models     (bootstrap_base, make_teacher)
     germline lineage    -> cli/lineage.py  -> lineage/             (LineageStore, LineageGraph)
-    germline demo       -> cli/demo.py     -> pipelines/demo.py    (run_demo)
+    germline demo       -> cli/lineage.py  -> pipelines/demo.py    (run_demo)
+    germline lake       -> cli/lake.py     -> storage/vacuum.py    (sweep)
 """
 
-from germline.pipelines.cli.demo import demo
 from germline.pipelines.cli.generate import generate
-from germline.pipelines.cli.lineage import lineage
+from germline.pipelines.cli.lake import lake
+from germline.pipelines.cli.lineage import demo, lineage
 from germline.pipelines.cli.models import models
 from germline.pipelines.cli.probe import probe
 from germline.pipelines.cli.root import cli
@@ -22,7 +23,7 @@ from germline.pipelines.cli.run import report, run
 from germline.pipelines.cli.serve import serve
 from germline.pipelines.cli.train import train
 
-for command in (generate, lineage, models, train, serve, probe, run, report, demo):
+for command in (generate, lineage, models, train, serve, probe, run, report, demo, lake):
     cli.add_command(command)
 
 

@@ -1,4 +1,5 @@
-"""`germline lineage ...`: register, link and query the lineage graph from the shell.
+"""`germline lineage ...`: register, link and query the lineage graph from the shell; and
+`germline demo`, a small graph built in the lake to show what those queries tell.
 
 Each command is a thin shell over one LineageStore / LineageGraph call; the CLI parses and
 prints, the lineage package does the work.
@@ -336,3 +337,18 @@ def export(ctx: click.Context, out: Path, namespace: str) -> None:
         raise InputError(f"folder {out.parent} does not exist")
     count = write_openlineage(_store(ctx).graph(), out, namespace)
     click.echo(f"{count} events -> {out}")
+
+
+# `germline demo`: a small lineage graph in the lake, and what lineage tells about it.
+@click.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Build a small lineage graph in the lake and show what lineage tells about it.
+
+    Two bases, an owl teacher, its number data, students on the same and on another base,
+    and a second generation. The weights are small random arrays (the real models come with
+    `germline run`); the graph, its queries and its picture are real.
+    """
+    from germline.pipelines.demo import run_demo
+
+    run_demo(ctx.obj["lake"], echo=click.echo)
