@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.germline-installed
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test test-faults lint lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The whole suite, then the vLLM engine and `generate` on it, in their own environment (vllm.mk).
+# The fault suite runs here too, but for its training test (a minute; tests/test_train.py
+# already kills and resumes a training run): `make test-faults` runs all four.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest --deselect \
+		tests/test_faults.py::test_train_resumes_from_its_last_checkpoint_when_a_worker_node_dies
 	$(MAKE) test-vllm
+
+# The fault suite alone: a Ray worker node killed under generate and train, the Serve model
+# pool's replica killed under load, an S3 lake whose server fails requests (tests/test_faults.py).
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults tests/test_faults.py
 
 # Re-resolve the pins from pyproject.toml (torch, when it comes, is pinned to the CPU build
 # that lies on the machine, so no CUDA build is ever pulled).

@@ -26,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayError
 
 from germline.engines.sampling import RequestParams
 from germline.engines.serving import SERVING, Completion, Prompting
@@ -187,6 +188,13 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
                                             else "server_error")  # fmt: skip
     code = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}.get(status)
     return JSONResponse(error_body(message, kind, param, code), status_code=status)
+
+
+def _lost(exc: BaseException) -> JSONResponse:
+    """A request whose model-pool replica died under it (Serve starts another): a 503 in
+    OpenAI's shape, which clients retry, not Serve's plain-text 500."""
+    log.warning("model pool lost a request: %s", type(exc).__name__)
+    return _error(503, "the model pool restarted while serving this request; retry it")
 
 
 def _event(payload: dict) -> str:
@@ -371,6 +379,8 @@ class Gateway:
             return await self._stream(handle, served, job, include_usage)
         try:
             result = await handle.run.remote(job)
+        except RayError as exc:  # the pool's replica died under the request: say so, retryable
+            return _lost(exc)
         finally:
             self.pending -= 1
         if isinstance(result, JobError):
@@ -388,6 +398,9 @@ class Gateway:
             first = await events.__anext__()
         except StopAsyncIteration:
             first = None
+        except RayError as exc:
+            slot.release()
+            return _lost(exc)
         except BaseException:
             slot.release()
             raise
