@@ -32,20 +32,20 @@ def ensure_ray(verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    address = os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
+    quiet = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "configure_logging": True,
+    }
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
         check_answers(address)
-    else:
-        own_token()
-    with contextlib.nullcontext() if address else loopback_only():
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=verbose,
-            logging_level=logging.INFO if verbose else logging.ERROR,
-            configure_logging=True,
-            **({} if address else {"_node_ip_address": LOOPBACK}),
-        )
+        ray.init(address=address, **quiet)
+        return
+    own_token()
+    with loopback_only():
+        ray.init(address="local", _node_ip_address=LOOPBACK, **quiet)
 
 
 LOOPBACK = "127.0.0.1"
