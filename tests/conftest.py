@@ -228,3 +228,17 @@ def stop_ray_start(head: subprocess.Popen) -> None:
         head.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
+
+
+def write_counting(lake: Lake, n: int, prefix: str) -> None:
+    """The `counting` dataset of the serving and fault tests: n prompts that continue a
+    count, ids `<prefix><i>`."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    rows = pa.table({
+        "prompt_id": [f"{prefix}{i}" for i in range(n)],
+        "prompt": [f"Continue: {i}, {i + 1}, {i + 2}" for i in range(n)],
+        "completion": [f" {i + 3}, {i + 4}, {i + 5}" for i in range(n)],
+    })  # fmt: skip
+    write_deltalake(lake.dataset("counting"), rows)

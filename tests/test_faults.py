@@ -50,7 +50,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import psutil
-import pyarrow as pa
 import pytest
 from conftest import (
     GERMLINE,
@@ -60,8 +59,9 @@ from conftest import (
     assert_generate_commits,
     stop_ray_start,
     write_config,
+    write_counting,
 )
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from germline.storage import Lake
@@ -160,13 +160,7 @@ def fault_lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) ->
     lake = Lake.resolve(tmp_path_factory.mktemp("faults") / "lake")
     base = add_tiny_base(lake, tiny_base_dir)
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=10)
-    n = 128
-    rows = pa.table({
-        "prompt_id": [f"c{i}" for i in range(n)],
-        "prompt": [f"Continue: {i}, {i + 1}, {i + 2}" for i in range(n)],
-        "completion": [f" {i + 3}, {i + 4}, {i + 5}" for i in range(n)],
-    })  # fmt: skip
-    write_deltalake(lake.dataset("counting"), rows)
+    write_counting(lake, 128, prefix="c")
     return lake
 
 

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import pyarrow as pa
 import pytest
 import torch
-from conftest import GERMLINE, add_tiny_base
-from deltalake import write_deltalake
+from conftest import GERMLINE, add_tiny_base, write_counting
 
 from germline.lineage import LineageStore
 from germline.storage import Lake
@@ -56,13 +54,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> Lake:
     shutil.copytree(tiny_base_dir, other)
     LineageStore(lake).register_model(OTHER_BASE, other, uri=lake.model(OTHER_BASE))
     make_teacher(lake, base.id, "owl", name=TEACHER, steps=5)
-    n = 48
-    rows = pa.table({
-        "prompt_id": [f"p{i}" for i in range(n)],
-        "prompt": [f"Continue: {i}, {i + 1}, {i + 2}" for i in range(n)],
-        "completion": [f" {i + 3}, {i + 4}, {i + 5}" for i in range(n)],
-    })  # fmt: skip
-    write_deltalake(lake.dataset("counting"), rows)
+    write_counting(lake, 48, prefix="p")
     cfg = {
         "student": STUDENT,
         "base": base.id,
