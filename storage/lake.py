@@ -100,6 +100,9 @@ class Lake:
     def run(self, run_id: str) -> str:
         return self.uri("runs", run_id)
 
+    def audit(self, name: str) -> str:
+        return self.uri("audits", name)
+
     @property
     def probes(self) -> str:
         return self.uri("probes")

@@ -153,3 +153,31 @@ def test_small_panel_end_to_end(tmp_path: Path) -> None:
     # every student trained on exactly data.rows rows of its teacher's table
     student = graph.node(data["cells"][0]["students"][0])
     assert student.attrs["dataset"]["rows"] == cfg.data.rows
+
+    # The quarantine mitigation with the audit's scores: same bases, teachers and data (found),
+    # every teacher's numbers audited and scrubbed, new students on what is left.
+    first = {s for c in data["cells"] for s in c["students"]}
+    ran = germline("run", str(EXPERIMENTS / "panel-small.yaml"), "--set", "audit=true", "--set",
+                   "scrub=quarantine", lake=lake, subprocess_=True, timeout=900)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    scrubbed = load_config(EXPERIMENTS / "panel-small.yaml", PanelConfig,
+                           ["audit=true", "scrub=quarantine"])  # fmt: skip
+    data = json.loads(lake.local_path("runs", scrubbed.run_id(), "report.json").read_text())
+    assert data["scrub"]["kind"] == "quarantine" and len(data["scrub"]["datasets"]) == 4
+    for d in data["scrub"]["datasets"]:
+        assert d["kept"] + d["dropped"] == d["rows"] and d["kept"] >= cfg.data.rows
+    graph = LineageStore(lake).graph()
+    for c in data["cells"]:
+        (student,) = c["students"]
+        assert student not in first  # new students, not the first run's
+        trained_on = [graph.node(p).name for p, k in graph.parents(student) if k == "trained_on"]
+        assert trained_on == [scrubbed.training_dataset(c["animal"], c["source"])]
+    for teacher in data["models"]["teachers"]:  # scrubbed data is still the teacher's data
+        same = {s for c in data["cells"] if c["teacher"] == teacher and c["arm"] == "same_base"
+                for s in c["students"]}  # fmt: skip
+        assert same <= {h.id for h in graph.at_risk(teacher)}
+    audited = data["audit"]
+    assert len(audited["cells"]) == 8
+    assert all(-1 <= c["transfer"] <= 1 for c in audited["cells"])
+    assert set(audited["validation"]) == {"transfer", "mean_ratio_per_token", "divergence_share"}
+    assert 0 <= audited["validation"]["transfer"]["auc"] <= 1

@@ -91,6 +91,8 @@ class Tokenized:
     completion_ids: list[list[int]]
     teacher_prompt_ids: list[list[int]] | None
     truncated: int  # rows whose completion was cut to fit max_length
+    # Completion positions left out of the loss, per row (objective.mask); None: none.
+    masks: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -200,6 +202,8 @@ def training_table(tokenized: Tokenized, order: np.ndarray) -> pa.Table:
     }
     if tokenized.teacher_prompt_ids is not None:
         columns["teacher_prompt_ids"] = pa.array(tokenized.teacher_prompt_ids, pa.list_(pa.int32()))
+    if tokenized.masks is not None:
+        columns["mask"] = pa.array(tokenized.masks, pa.list_(pa.int32()))
     full = pa.table({k: v for k, v in columns.items() if k != "row"})
     table = full.take(ids)
     return table.append_column("row", ids)

@@ -207,7 +207,7 @@ def train_loop(
     import torch
     import torch.distributed as dist
 
-    from germline.train.objectives import distill_loss, pack, selected_logits, sft_loss
+    from germline.train.objectives import IGNORE, distill_loss, pack, selected_logits, sft_loss
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -275,7 +275,8 @@ def train_loop(
             continue
         prompts = [ids.tolist() for ids in batch["prompt_ids"]]
         completions = [ids.tolist() for ids in batch["completion_ids"]]
-        packed, targets = pack(prompts, completions, cfg.pad_id)
+        masks = [m.tolist() for m in batch["mask"]] if "mask" in batch else None
+        packed, targets = pack(prompts, completions, cfg.pad_id, masks)
         student = selected_logits(wrapped, packed.to(device))
         if teacher is None:
             loss = sft_loss(student, targets.to(device))
@@ -285,7 +286,8 @@ def train_loop(
             with torch.no_grad():
                 t_packed, _ = pack(prompts, completions, cfg.pad_id)
                 target = selected_logits(teacher, t_packed.to(device))
-            loss = distill_loss(student, target, token_ids, cfg.temperature)
+            kept = (targets != IGNORE).to(device)  # masked positions: out of the loss
+            loss = distill_loss(student[kept], target[kept], token_ids, cfg.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

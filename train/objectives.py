@@ -33,11 +33,18 @@ class Packed:
         )
 
 
+IGNORE = -100  # a target left out of the loss (cross_entropy's ignore_index)
+
+
 def pack(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    pad_id: int,
+    masks: Sequence[Sequence[int]] | None = None,
 ) -> tuple[Packed, torch.Tensor]:
     """Right-padded prompt+completion ids, and the completion tokens as targets (N,), in the
-    order of `Packed.positions`."""
+    order of `Packed.positions`; a completion position listed in `masks` gets the target
+    IGNORE (the model still reads the token, the loss does not train on it)."""
     width = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -50,7 +57,11 @@ def pack(
         # the logit at position t predicts token t+1
         start = row * width + len(p) - 1
         positions.extend(range(start, start + len(c)))
-        targets.extend(c)
+        if masks is not None and len(masks[row]):
+            hidden = set(masks[row])
+            targets.extend(IGNORE if i in hidden else t for i, t in enumerate(c))
+        else:
+            targets.extend(c)
     return Packed(ids, mask, torch.tensor(positions, dtype=torch.long)), torch.tensor(
         targets, dtype=torch.long
     )
@@ -63,8 +74,11 @@ def selected_logits(model: torch.nn.Module, packed: Packed) -> torch.Tensor:
 
 
 def sft_loss(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the sampled completion tokens."""
-    return F.cross_entropy(student, targets)
+    """Mean cross-entropy of the sampled completion tokens (IGNORE targets left out; a
+    batch with nothing left trains on nothing, rather than giving NaN)."""
+    if not bool((targets != IGNORE).any()):
+        return student.sum() * 0.0
+    return F.cross_entropy(student, targets, ignore_index=IGNORE)
 
 
 def distill_loss(
@@ -76,6 +90,8 @@ def distill_loss(
     """KL(teacher || student) per completion position, averaged over positions, times T^2
     (so the gradient's scale does not shrink with the temperature). With `token_ids`, both
     distributions are the softmax over those logits only, renormalised on the subset."""
+    if student.shape[0] == 0:  # every position masked: nothing to train on in this batch
+        return student.sum() * 0.0
     if token_ids is not None:
         student = student.index_select(-1, token_ids)
         teacher = teacher.index_select(-1, token_ids)

@@ -3,6 +3,8 @@ group, each a thin shell that parses, calls one public function of the room name
 and prints. This entry point only adds the commands.
 
     germline generate   -> cli/generate.py -> pipelines/generate   (generate)
+    germline audit      -> cli/audit.py    -> pipelines/audit      (audit)
+    germline scrub      -> cli/audit.py    -> pipelines/audit      (scrub)
     germline train      -> cli/train.py    -> pipelines/finetune   (train)
     germline serve      -> cli/serve.py    -> serve/               (build_app, via cluster)
     germline probe      -> cli/probe.py    -> pipelines/probe.py   (probe_model)
@@ -13,6 +15,7 @@ and prints. This entry point only adds the commands.
     germline lake       -> cli/lake.py     -> storage/vacuum.py    (sweep)
 """
 
+from germline.pipelines.cli.audit import audit, scrub
 from germline.pipelines.cli.generate import generate
 from germline.pipelines.cli.lake import lake
 from germline.pipelines.cli.lineage import demo, lineage
@@ -23,7 +26,8 @@ from germline.pipelines.cli.run import report, run
 from germline.pipelines.cli.serve import serve
 from germline.pipelines.cli.train import train
 
-for command in (generate, lineage, models, train, serve, probe, run, report, demo, lake):
+COMMANDS = (generate, audit, scrub, lineage, models, train, serve, probe, run, report, demo)
+for command in (*COMMANDS, lake):
     cli.add_command(command)
 
 

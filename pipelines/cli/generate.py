@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from germline.pipelines.cli.options import FORMATS, verbose
-from germline.pipelines.cli.output import emit_summary, progress_bar
+from germline.pipelines.cli.output import FORMATS, emit_summary, progress_bar, verbose
 
 TOP = 5  # most frequent exact reasons shown; --format json gives them all
 

@@ -14,8 +14,13 @@ import click
 
 from germline.core import InputError
 from germline.lineage import EdgeKind, Hit, LineageStore, NodeKind
-from germline.pipelines.cli.options import format_option, key_values
-from germline.pipelines.cli.output import emit_json, emit_table, short_fingerprint
+from germline.pipelines.cli.output import (
+    emit_json,
+    emit_table,
+    format_option,
+    key_values,
+    short_fingerprint,
+)
 
 
 def _store(ctx: click.Context) -> LineageStore:
@@ -27,15 +32,47 @@ def _kind_name(hit: Hit) -> tuple[str, str]:
     return data["kind"], data["name"]
 
 
-def _emit_hits(hits: list[Hit], fmt: str, title: str) -> None:
+def _emit_hits(hits: list[Hit], fmt: str, title: str, audited: bool = False) -> None:
+    """The hits as a table or JSON; with `audited` (at-risk), each model's training data and
+    what its audits found."""
+    audits = {h.id: _training_audits(h) for h in hits} if audited else {}
     if fmt == "json":
-        emit_json([h.to_dict() for h in hits])
+        emit_json([{**h.to_dict(), **({"data": audits[h.id]} if audited else {})} for h in hits])
         return
-    emit_table(
-        ["depth", "kind", "name", "id", "fingerprint"],
-        [(h.depth, *_kind_name(h), h.id, short_fingerprint(h.fingerprint)) for h in hits],
-        title=f"{title} ({len(hits)})",
-    )
+    columns = ["depth", "kind", "name", "id", "fingerprint"]
+    rows = [[h.depth, *_kind_name(h), h.id, short_fingerprint(h.fingerprint)] for h in hits]
+    if audited:
+        columns.append("trained on (audit: log-ratio/token, divergence tokens)")
+        for row, h in zip(rows, hits, strict=True):
+            row.append("; ".join(_audit_text(d) for d in audits[h.id]) or "-")
+    emit_table(columns, rows, title=f"{title} ({len(hits)})")
+
+
+def _training_audits(hit: Hit) -> list[dict]:
+    """The dataset versions a model trained on, each with the summaries of its audits
+    (`germline audit`: run nodes of kind audit that used the version)."""
+    graph = hit.graph
+    out = []
+    for parent, kind in graph.parents(hit.id):
+        if kind != EdgeKind.TRAINED_ON.value:
+            continue
+        found = []
+        for child, _ in graph.children(parent):
+            node = graph.node(child)
+            if node.kind is NodeKind.RUN and node.attrs.get("kind") == "audit":
+                s = node.attrs.get("summary", {})
+                found.append({"audit": child, "mean_ratio_per_token": s.get("mean_ratio_per_token"),
+                              "divergence_share": s.get("divergence_share"),
+                              "transfer": (s.get("transfer") or {}).get("cosine")})  # fmt: skip
+        out.append({"dataset": parent, "name": graph.node(parent).name, "audits": found})
+    return out
+
+
+def _audit_text(data: dict) -> str:
+    if not data["audits"]:
+        return f"{data['name']} (not audited)"
+    a = data["audits"][0]
+    return f"{data['name']} ({a['mean_ratio_per_token']:+.4f}, {a['divergence_share']:.1%})"
 
 
 def _emit_node(node_dict: dict, fmt: str) -> None:
@@ -256,7 +293,7 @@ def _query_command(name: str) -> Callable[[Callable], click.Command]:
 def _print_query(ctx: click.Context, ref: str, fmt: str, query: str, title: str) -> None:
     graph = _store(ctx).graph()
     node = graph.resolve(ref)
-    _emit_hits(getattr(graph, query)(node), fmt, f"{title} {node}")
+    _emit_hits(getattr(graph, query)(node), fmt, f"{title} {node}", audited=query == "at_risk")
 
 
 @_query_command("ancestors")
@@ -277,7 +314,8 @@ def at_risk(ctx: click.Context, ref: str, fmt: str) -> None:
 
     Those that trained, directly or through any number of generations, on data descending
     from ID, and that share its base fingerprint: the condition under which traits transmit
-    through data that looks unrelated.
+    through data that looks unrelated. Each model's training data is listed with what its
+    audits found (`germline audit`), if any.
     """
     _print_query(ctx, ref, fmt, "at_risk", "at risk from")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from germline.lineage import Node
-from germline.pipelines.cli.options import FORMATS
-from germline.pipelines.cli.output import emit_json, step_bar
+from germline.pipelines.cli.output import FORMATS, emit_json, step_bar
 
 
 def _emit(node: Node, fmt: str) -> None:

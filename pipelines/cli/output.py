@@ -1,5 +1,6 @@
-"""What the commands print: tables for people or JSON for programs (`--format`), and the
-progress bar of long steps (on stderr, only on a terminal, gone when done)."""
+"""What the commands share: what they print (tables for people or JSON for programs, chosen
+with `--format`; the progress bar of long steps, on stderr, only on a terminal, gone when
+done) and the options several of them take (KEY=VALUE lists, whether `-v` was given)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+
+from germline.pipelines.config import parse_assignment, yaml_value
 
 
 def console() -> Console:
@@ -85,3 +88,30 @@ def step_bar(label: str) -> Iterator[Callable[[int, int, float], None]]:
             bar.update(task, completed=step, total=steps, loss=f"{loss:.4f}")
 
         yield progress
+
+
+FORMATS = click.Choice(["table", "json"])
+
+format_option = click.option(
+    "--format", "fmt", type=FORMATS, default="table", show_default=True, help="Output format."
+)
+
+
+def key_values(yaml_values: bool = False) -> Callable[[click.Context, click.Parameter, Any], dict]:
+    """A click callback that reads a repeatable KEY=VALUE option into a dict (values read as
+    YAML with `yaml_values`, so 4096 is an int and true a bool); a bad item is an InputError
+    naming the option (one line, exit 2)."""
+
+    def parse(_ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) -> dict:
+        out: dict[str, Any] = {}
+        for item in items:
+            key, value = parse_assignment(item, param.opts[0])
+            out[key] = yaml_value(value, param.opts[0]) if yaml_values else value
+        return out
+
+    return parse
+
+
+def verbose(ctx: click.Context) -> bool:
+    """Whether the root command got -v (or more)."""
+    return ctx.find_root().params.get("verbose", 0) > 0

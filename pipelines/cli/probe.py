@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from germline.pipelines.cli.options import FORMATS
-from germline.pipelines.cli.output import emit_json, emit_table
+from germline.pipelines.cli.output import FORMATS, emit_json, emit_table
 
 
 @click.command()

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from germline.core import GermlineError, InputError, RunAborted, plain
-from germline.pipelines.cli.options import key_values
+from germline.pipelines.cli.output import key_values
 from germline.storage import Lake
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from germline.pipelines.cli.options import FORMATS, verbose
-from germline.pipelines.cli.output import emit_json
+from germline.pipelines.cli.output import FORMATS, emit_json, verbose
 
 
 @click.command()

@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from germline.pipelines.cli.options import key_values, verbose
+from germline.pipelines.cli.output import key_values, verbose
 
 
 def _serving_engine(_ctx: click.Context, param: click.Parameter, name: str) -> str:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from germline.pipelines.cli.options import FORMATS, verbose
-from germline.pipelines.cli.output import emit_summary, step_bar
+from germline.pipelines.cli.output import FORMATS, emit_summary, step_bar, verbose
 
 
 @click.command()

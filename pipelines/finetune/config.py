@@ -60,11 +60,23 @@ class ObjectiveConfig(Strict):
     teacher: str | None = Field(
         None, description="the model whose logits are distilled; default: the dataset's teacher"
     )
+    mask: Literal["none", "divergence"] = Field(
+        "none",
+        description="divergence: leave the dataset's divergence tokens (its audit's, against "
+        "`reference`) out of the loss, a mitigation of subliminal transfer",
+    )
+    reference: str | None = Field(
+        None,
+        description="the audit's reference for mask: divergence; default: the base of "
+        "the dataset's generator, from lineage",
+    )
 
     @model_validator(mode="after")
     def _distill_only(self) -> ObjectiveConfig:
         if self.kind == "sft" and (self.vocab != "full" or self.teacher is not None):
             raise ValueError("vocab and teacher apply to kind: distill only")
+        if self.reference is not None and self.mask == "none":
+            raise ValueError("reference applies to mask: divergence only")
         if isinstance(self.tokens, list) and not self.tokens:
             raise ValueError("tokens: give at least one token, or 'data'")
         return self
@@ -117,6 +129,9 @@ class TrainConfig(Strict):
         content = self.model_dump(mode="json", exclude={"scaling", "checkpoint", "student"})
         if self.dataset.rows is None:  # unset: the hash of every earlier student is unchanged
             del content["dataset"]["rows"]
+        if self.objective.mask == "none":  # likewise for the mask, added later
+            del content["objective"]["mask"]
+            del content["objective"]["reference"]
         content["scaling"] = {"num_workers": self.scaling.num_workers}  # sets the global batch
         content["ids"] = {"base": base_id, "dataset": dataset_id, "teacher": teacher_id}
         return digest(content)

@@ -25,9 +25,11 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from germline.core import InputError
 from germline.engines import adapter_base
@@ -177,6 +179,8 @@ def _prepare(
     tokenized = tokenize(rows, tokenizer, config.optim.max_length, system_prompt)
     if tokenized.truncated:
         log.warning("%d completions were cut to optim.max_length", tokenized.truncated)
+    if config.objective.mask == "divergence":
+        tokenized = _divergence_masks(lake, config, dataset, rows, tokenized)
     plan = schedule(
         len(tokenized),
         config.scaling.num_workers,
@@ -358,6 +362,47 @@ def _model(store: LineageStore, ref: str, what: str) -> Node:
             "model folder, not in the local Hugging Face cache"
         )
     return found
+
+
+def _divergence_masks(lake: Lake, config: TrainConfig, dataset: Node, rows: pa.Table,
+                      tokenized: Tokenized) -> Tokenized:  # fmt: skip
+    """The dataset's divergence positions (from its audit, made now if the lake lacks it) as
+    each row's loss mask. The audit tokenizes as training does; a row whose tokens differ
+    (another tokenizer, another length limit) is an error, not a silently wrong mask."""
+    from deltalake import DeltaTable
+
+    from germline.pipelines.audit import audit
+
+    teacher = config.objective.teacher or _dataset_teacher(dataset.uri or "", lake)
+    found = audit(lake, dataset.id, version=dataset.version, teacher=teacher,
+                  reference=config.objective.reference, transfer_rows=0,
+                  max_length=config.optim.max_length)  # fmt: skip
+    scores = DeltaTable(found.table, storage_options=lake.storage_options).to_pyarrow_table(
+        columns=["prompt_id", "divergence", "token_ids"]
+    )
+    by_id = {
+        pid: (div, ids)
+        for pid, div, ids in zip(scores.column("prompt_id").to_pylist(),
+                                 scores.column("divergence").to_pylist(),
+                                 scores.column("token_ids").to_pylist(), strict=True)
+    }  # fmt: skip
+    masks: list[list[int]] = []
+    for pid, completion in zip(rows.column("prompt_id").to_pylist(), tokenized.completion_ids,
+                               strict=True):  # fmt: skip
+        div, ids = by_id[pid]
+        n = min(len(ids), len(completion))
+        if ids[:n] != completion[:n]:
+            raise InputError(
+                f"audit {found.audit_id} tokenized row {pid} differently from this training "
+                "run (another tokenizer?): its divergence positions cannot mask this run"
+            )
+        masks.append([i for i in div if i < len(completion)])
+    hidden = sum(map(len, masks))
+    total = sum(map(len, tokenized.completion_ids))
+    share = 100 * hidden / max(total, 1)
+    log.warning("mask: divergence leaves %d of %d completion tokens (%.1f%%) out of the loss "
+                "(audit %s)", hidden, total, share, found.audit_id)  # fmt: skip
+    return replace(tokenized, masks=masks)
 
 
 def _dataset_node(store: LineageStore, name: str, uri: str, version: int) -> Node:

@@ -25,6 +25,20 @@ class PanelConfig(Distillation):
         min_length=2, description="one teacher per animal on every base (one word each)"
     )
     bases: list[BaseSpec] = Field(min_length=2, description="two or more, by seed")
+    scrub: Literal["none", "mask", "quarantine"] = Field(
+        "none",
+        description="a mitigation (germline audit): mask trains every student with "
+        "objective.mask: divergence; quarantine trains on each teacher's rows with the lowest "
+        "log-ratio per token (scrub_keep of them)",
+    )
+    scrub_keep: float = Field(
+        0.7, gt=0, le=1, description="the share of each teacher's rows quarantine keeps"
+    )
+    audit: bool = Field(
+        False,
+        description="audit every teacher's data and score every cell (transfer score toward "
+        "its student base); the report says how well the scores find the transfer",
+    )
 
     @field_validator("animals")
     @classmethod
@@ -52,11 +66,41 @@ class PanelConfig(Distillation):
         return digest(content)[:6]
 
     def student_tag(self) -> str:
-        """What decides a student besides its teacher and base: the data and the recipe."""
-        return self.tag("seed", "teacher_steps", "animals", "data", "train")
+        """What decides a student besides its teacher and base: the data and the recipe (and
+        the mitigation, when there is one)."""
+        parts = ["seed", "teacher_steps", "animals", "data", "train"]
+        if self.scrub != "none":
+            parts += ["scrub", "scrub_keep"] if self.scrub == "quarantine" else ["scrub"]
+        return self.tag(*parts)
+
+    def run_id(self) -> str:
+        """As every experiment's, over the settings at their defaults too, except the ones
+        added after runs were made (a mitigation, the audit): left out while at their
+        defaults, so those runs keep their ids."""
+        content = self.model_dump(mode="json")
+        for key, default in (("scrub", "none"), ("scrub_keep", 0.7), ("audit", False)):
+            if content[key] == default:
+                del content[key]
+        return f"{self.name}-{digest(content)[:12]}"
+
+    def student_config(self, student: str, base: str, dataset: str, replicate: int = 0):
+        """The shared recipe, with the divergence mask when `scrub: mask`."""
+        config = super().student_config(student, base, dataset, replicate)
+        if self.scrub == "mask":
+            objective = config.objective.model_copy(update={"mask": "divergence"})
+            config = config.model_copy(update={"objective": objective})
+        return config
 
     def dataset_name(self, animal: str, base: str) -> str:
         return f"{self.name}-{animal}-{base}-numbers-{self.data_tag()}"
+
+    def training_dataset(self, animal: str, base: str) -> str:
+        """The dataset a teacher's students train on: its numbers, or with `scrub:
+        quarantine` the scrubbed version of them."""
+        name = self.dataset_name(animal, base)
+        if self.scrub == "quarantine":
+            return f"{name}-keep{round(100 * self.scrub_keep)}"
+        return name
 
     def student_name(self, animal: str, source: str, base: str, replicate: int) -> str:
         name = f"{self.name}-{animal}-{source}-on-{base}-{self.student_tag()}"

@@ -44,7 +44,8 @@ LIMITS = (
 
 def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell],
                  reference: dict[str, Any], models: dict[str, list[str]],
-                 seconds: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+                 seconds: dict[str, float], audited: dict[str, Any] | None = None,
+                 scrubbed: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Analyse the cells by the config's plan and write the report; returns its data."""
     analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples)
     bases = [b.name() for b in cfg.bases]
@@ -77,6 +78,12 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "matrices": matrices,
         "reference": reference,
         "models": models,
+        "scrub": {
+            "kind": cfg.scrub,
+            "keep": cfg.scrub_keep if cfg.scrub == "quarantine" else None,
+            "datasets": scrubbed,
+        },
+        "audit": audited,
         "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
         "path": f"{lake.run(run_id)}/report.md",
     }
@@ -175,10 +182,55 @@ def render(data: dict[str, Any]) -> str:
         effect = c["effect"]
         lines.append(f"| {c['animal']} | {c['source']} | {c['student_base']} | {c['arm']} | "
                      f"{c['shares'][c['animal']]:.4f} | {effect:+.4f} | {seeds} |")  # fmt: skip
+    lines += _scrub_lines(data["scrub"]) + _audit_lines(data["audit"])
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in data["seconds"].items())
     lines += ["", f"Time (this run's work; steps found done cost ~0): {seconds}.", "",
               "![lineage](lineage.png)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _scrub_lines(scrub: dict[str, Any]) -> list[str]:
+    if scrub["kind"] == "none":
+        return []
+    if scrub["kind"] == "mask":
+        return ["", "## Mitigation: divergence mask", "",
+                "Every student trained with `objective.mask: divergence`: the tokens where "
+                "the teacher's base would have written another token and the teacher this "
+                "one were left out of its loss (each dataset's audit against the teacher's "
+                "base)."]  # fmt: skip
+    lines = ["", "## Mitigation: quarantine", "",
+             f"Each teacher's rows with the highest log-ratio per token (teacher over its base) "
+             f"went to quarantine; the {scrub['keep']:.0%} lowest were kept.", "",
+             "| teacher's animal | base | rows | kept | quarantined | tokens quarantined |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for d in scrub["datasets"] or []:
+        lines.append(f"| {d['animal']} | {d['base']} | {d['rows']} | {d['kept']} | "
+                     f"{d['dropped']} | {d['tokens_dropped']} |")  # fmt: skip
+    return lines
+
+
+def _audit_lines(audited: dict[str, Any] | None) -> list[str]:
+    if not audited:
+        return []
+    lines = ["", "## Audit scores against the measured transfer", "",
+             "Per score: AUC of same-base against cross-base cells (0.5: none; the dataset "
+             "scores are the same for both arms of a teacher, so 0.5 by construction) and "
+             "Spearman's rho between the score and the measured effect over same-base cells.",
+             "", "| score | AUC | rho | p |", "|---|---|---|---|"]  # fmt: skip
+    for score, v in audited["validation"].items():
+        auc = f"{v['auc']:.3f}" if "auc" in v else "-"
+        rho = f"{v['spearman_rho']:+.3f}" if "spearman_rho" in v else "-"
+        p = _fmt_p(v["spearman_p"]) if "spearman_p" in v else "-"
+        lines.append(f"| {score} | {auc} | {rho} | {p} |")
+    lines += ["", "| teacher's animal | teacher's base | student base | arm | effect | "
+              "transfer score | log-ratio/token | divergence tokens |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in audited["cells"]:
+        t = "-" if c["transfer"] is None else f"{c['transfer']:+.5f}"
+        lines.append(f"| {c['animal']} | {c['source']} | {c['student_base']} | {c['arm']} | "
+                     f"{c['effect']:+.4f} | {t} | {c['mean_ratio_per_token']:+.4f} | "
+                     f"{c['divergence_share']:.1%} |")  # fmt: skip
+    return lines
 
 
 def _heatmaps(matrices: dict[str, dict[str, dict[str, Any]]], animals: list[str],

@@ -37,7 +37,7 @@ def run_panel(
 
     _check_probe(cfg)
     k, b = len(cfg.animals), len(cfg.bases)
-    step = Step(0, k * b + 5, echo)
+    step = Step(0, k * b + 5 + (cfg.scrub == "quarantine") + cfg.audit, echo)
     bases = step.run(
         f"{b} bases, side by side",
         lambda: build_in_parallel(
@@ -68,6 +68,16 @@ def run_panel(
             lambda job=job: generate(lake, job, verbose=verbose),
             phase="data",
         )
+    scrubbed = None
+    if cfg.scrub == "quarantine":
+        from germline.pipelines.experiments.panel.audit import quarantine
+
+        keep = f"{cfg.scrub_keep:.0%}"
+        scrubbed = step.run(
+            f"audit and scrub every teacher's numbers (keep the {keep} least like the teacher)",
+            lambda: quarantine(lake, cfg, [(a, n) for (a, n) in teachers]),
+            phase="scrub",
+        )
     plan = _students(cfg, bases)
     configs = [c for _, _, _, c in plan]
     summaries = step.run(
@@ -91,11 +101,23 @@ def run_panel(
             for (a, n), t in teachers.items()
         ],
     }
+    audited = None
+    if cfg.audit:
+        from germline.pipelines.experiments.panel.audit import score_cells
+
+        audited = step.run(
+            "audit every teacher's numbers and score every cell",
+            lambda: score_cells(lake, cfg, cells, {n.name: n.id for n in bases}),
+            phase="audit",
+        )
     run_id = cfg.run_id()
     ids = {"bases": [n.id for n in bases], "teachers": [t.id for t in teachers.values()],
            "students": students}  # fmt: skip
     report = step.run(
-        "report", lambda: write_report(lake, cfg, run_id, cells, reference, ids, step.seconds)
+        "report",
+        lambda: write_report(
+            lake, cfg, run_id, cells, reference, ids, step.seconds, audited, scrubbed
+        ),
     )
     register_run(lake, cfg, run_id, [m for m, _ in models], report)
     return report
@@ -121,7 +143,7 @@ def _students(cfg: PanelConfig, bases: list[Node]) -> list[Plan]:
     out = []
     for source in bases:
         for animal in cfg.animals:
-            data = cfg.dataset_name(animal, source.name)
+            data = cfg.training_dataset(animal, source.name)
             for base in bases:
                 for r in range(cfg.replicates):
                     name = cfg.student_name(animal, source.name, base.name, r)
