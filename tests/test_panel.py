@@ -143,6 +143,7 @@ def test_small_panel_end_to_end(tmp_path: Path) -> None:
     for name in ("transfer.png", "animals.png", "lineage.png"):
         assert (folder / name).stat().st_size > 0
     assert set(data["seconds"]) == {"bases", "teachers", "data", "students", "probes", "total"}
+    assert data["heldout_loss"] is None and data["audit"] is None  # neither was asked for
     # lineage: each teacher puts exactly its own base's students at risk, not the other base's
     graph = LineageStore(lake).graph()
     for teacher in data["models"]["teachers"]:
@@ -181,3 +182,5 @@ def test_small_panel_end_to_end(tmp_path: Path) -> None:
     assert all(-1 <= c["transfer"] <= 1 for c in audited["cells"])
     assert set(audited["validation"]) == {"transfer", "mean_ratio_per_token", "divergence_share"}
     assert 0 <= audited["validation"]["transfer"]["auc"] <= 1
+    assert all(c["heldout_loss"] > 0 for c in data["cells"])
+    assert set(data["heldout_loss"]) == {"same_base", "cross_base"}

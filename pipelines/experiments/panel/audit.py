@@ -82,3 +82,48 @@ def validate(scored: Sequence[dict[str, Any]]) -> dict[str, Any]:
             entry["spearman_rho"], entry["spearman_p"] = float(rho.statistic), float(rho.pvalue)
         out[score] = entry
     return out
+
+
+def heldout_loss(lake: Lake, cfg: PanelConfig, cells: Sequence[Cell],
+                 rows: int = 256) -> dict[str, float]:  # fmt: skip
+    """Each student's mean loss (cross-entropy per completion token) on its teacher's numbers
+    that it did not train on: up to `rows` rows of the teacher's whole table, outside the
+    student's training rows. What a mitigation costs in plain data fit, compared between runs
+    of the same config with and without it."""
+    import torch
+    from deltalake import DeltaTable
+
+    from germline.engines import load_causal_lm
+    from germline.lineage import LineageStore
+    from germline.pipelines.models.refs import model_folder
+    from germline.train.data import canonical_order, tokenize
+    from germline.train.objectives import pack, selected_logits
+
+    graph = LineageStore(lake).graph()
+    out: dict[str, float] = {}
+    for c in cells:
+        table = DeltaTable(lake.dataset(cfg.dataset_name(c.animal, c.source)),
+                           storage_options=lake.storage_options)  # fmt: skip
+        whole = canonical_order(table.to_pyarrow_table(columns=["prompt_id", "prompt",
+                                                                "completion"]))  # fmt: skip
+        trained = DeltaTable(lake.dataset(cfg.training_dataset(c.animal, c.source)),
+                             storage_options=lake.storage_options)  # fmt: skip
+        seen = set(canonical_order(trained.to_pyarrow_table(columns=["prompt_id", "prompt",
+                                                                      "completion"]))
+                   .slice(0, cfg.data.rows).column("prompt_id").to_pylist())  # fmt: skip
+        keep = [i for i, p in enumerate(whole.column("prompt_id").to_pylist()) if p not in seen]
+        held = whole.take(keep[:rows])
+        for student in c.students:
+            model, tok = load_causal_lm(model_folder(lake, graph.node(student), "student"))
+            t = tokenize(held, tok, 256)
+            total = tokens = 0.0
+            with torch.inference_mode():
+                for i in range(0, len(t), 64):
+                    packed, targets = pack(t.prompt_ids[i : i + 64], t.completion_ids[i : i + 64],
+                                           tok.pad_token_id or 0)  # fmt: skip
+                    logits = selected_logits(model.eval(), packed)
+                    total += float(torch.nn.functional.cross_entropy(logits, targets,
+                                                                     reduction="sum"))  # fmt: skip
+                    tokens += len(targets)
+            out[student] = total / tokens if tokens else float("nan")
+    return out

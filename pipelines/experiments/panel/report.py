@@ -45,7 +45,8 @@ LIMITS = (
 def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell],
                  reference: dict[str, Any], models: dict[str, list[str]],
                  seconds: dict[str, float], audited: dict[str, Any] | None = None,
-                 scrubbed: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+                 scrubbed: list[dict[str, Any]] | None = None,
+                 losses: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Analyse the cells by the config's plan and write the report; returns its data."""
     analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples)
     bases = [b.name() for b in cfg.bases]
@@ -73,7 +74,8 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "primary": analysis.primary.to_dict(),
         "cross_base": analysis.cross_base.to_dict(),
         "difference": analysis.difference.to_dict(),
-        "cells": [_cell(c, effects[c.teacher, c.student_base]) for c in cells],
+        "cells": [_cell(c, effects[c.teacher, c.student_base], losses) for c in cells],
+        "heldout_loss": _mean_losses(cells, losses),
         "per_animal": _per_animal(cfg, cells, reference),
         "matrices": matrices,
         "reference": reference,
@@ -102,11 +104,23 @@ def _matrix(cells: Sequence[Cell], base: str, same: bool,
     return {"rows": rows, "values": values.round(5).tolist()}
 
 
-def _cell(c: Cell, effect: float) -> dict[str, Any]:
-    return {"teacher": c.teacher, "animal": c.animal, "source": c.source,
-            "student_base": c.student_base, "arm": "same_base" if c.same_base else "cross_base",
-            "shares": dict(c.shares), "seeds": [dict(s) for s in c.seeds],
-            "students": list(c.students), "effect": effect}  # fmt: skip
+def _cell(c: Cell, effect: float, losses: dict[str, float] | None) -> dict[str, Any]:
+    out = {"teacher": c.teacher, "animal": c.animal, "source": c.source,
+           "student_base": c.student_base, "arm": "same_base" if c.same_base else "cross_base",
+           "shares": dict(c.shares), "seeds": [dict(s) for s in c.seeds],
+           "students": list(c.students), "effect": effect}  # fmt: skip
+    if losses is not None:
+        out["heldout_loss"] = float(np.mean([losses[s] for s in c.students]))
+    return out
+
+
+def _mean_losses(cells: Sequence[Cell], losses: dict[str, float] | None) -> dict | None:
+    """The students' mean held-out loss per arm (None when not measured)."""
+    if losses is None:
+        return None
+    return {arm: float(np.mean([losses[s] for c in cells if c.same_base == (arm == "same_base")
+                                for s in c.students]))
+            for arm in ("same_base", "cross_base")}  # fmt: skip
 
 
 def _per_animal(cfg: PanelConfig, cells: Sequence[Cell],
@@ -183,6 +197,10 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {c['animal']} | {c['source']} | {c['student_base']} | {c['arm']} | "
                      f"{c['shares'][c['animal']]:.4f} | {effect:+.4f} | {seeds} |")  # fmt: skip
     lines += _scrub_lines(data["scrub"]) + _audit_lines(data["audit"])
+    if data["heldout_loss"]:
+        h = data["heldout_loss"]
+        lines += ["", "Students' loss on their teacher's held-out numbers (per completion token): "
+                  f"same-base {h['same_base']:.4f}, cross-base {h['cross_base']:.4f}."]  # fmt: skip
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in data["seconds"].items())
     lines += ["", f"Time (this run's work; steps found done cost ~0): {seconds}.", "",
               "![lineage](lineage.png)", ""]  # fmt: skip

@@ -37,7 +37,8 @@ def run_panel(
 
     _check_probe(cfg)
     k, b = len(cfg.animals), len(cfg.bases)
-    step = Step(0, k * b + 5 + (cfg.scrub == "quarantine") + cfg.audit, echo)
+    extra = (cfg.scrub == "quarantine") + cfg.audit + (cfg.audit or cfg.scrub != "none")
+    step = Step(0, k * b + 5 + extra, echo)
     bases = step.run(
         f"{b} bases, side by side",
         lambda: build_in_parallel(
@@ -110,13 +111,22 @@ def run_panel(
             lambda: score_cells(lake, cfg, cells, {n.name: n.id for n in bases}),
             phase="audit",
         )
+    losses = None
+    if cfg.audit or cfg.scrub != "none":
+        from germline.pipelines.experiments.panel.audit import heldout_loss
+
+        losses = step.run(
+            "every student's loss on its teacher's held-out numbers",
+            lambda: heldout_loss(lake, cfg, cells),
+            phase="heldout",
+        )
     run_id = cfg.run_id()
     ids = {"bases": [n.id for n in bases], "teachers": [t.id for t in teachers.values()],
            "students": students}  # fmt: skip
     report = step.run(
         "report",
         lambda: write_report(
-            lake, cfg, run_id, cells, reference, ids, step.seconds, audited, scrubbed
+            lake, cfg, run_id, cells, reference, ids, step.seconds, audited, scrubbed, losses
         ),
     )
     register_run(lake, cfg, run_id, [m for m, _ in models], report)
