@@ -160,6 +160,7 @@ def audit(
     max_length: int = 256,
     progress: Callable[[int, int], None] | None = None,
     verbose: bool = False,
+    num_gpus: float = 0,
 ) -> AuditSummary:
     """Audit one dataset version (the latest the lineage node records unless `version`);
     returns the summary, found in lineage when the same audit exists."""
@@ -202,7 +203,8 @@ def audit(
                 "germline.teacher": inputs.teacher.id,
                 "germline.reference": inputs.reference.id}  # fmt: skip
     system_prompt = inputs.teacher.attrs.get("system_prompt")
-    for scored in _stream(rows, lake, inputs, system_prompt, batch_size, max_length, verbose):
+    stream = _stream(rows, lake, inputs, system_prompt, batch_size, max_length, verbose, num_gpus)
+    for scored in stream:
         summary.rows += scored.num_rows
         summary.tokens += sum(scored.column("tokens").to_pylist())
         ratio_sum += sum(scored.column("log_ratio").to_pylist())
@@ -308,8 +310,9 @@ def _register(store: LineageStore, summary: AuditSummary, inputs: AuditInputs,
 
 
 def _stream(rows: pa.Table, lake: Lake, inputs: AuditInputs, system_prompt: str | None,
-            batch_size: int, max_length: int, verbose: bool):  # fmt: skip
-    """Scored rows from Ray Data, in the dataset's canonical order, a few batches at a time."""
+            batch_size: int, max_length: int, verbose: bool, num_gpus: float):  # fmt: skip
+    """Scored rows from Ray Data, in the dataset's canonical order, a few batches at a time
+    (the scoring actor on a GPU of its own with `num_gpus`)."""
     import ray
 
     from germline.pipelines.cluster import actor_fault_tolerance, configure_ray_data, ensure_ray
@@ -329,11 +332,13 @@ def _stream(rows: pa.Table, lake: Lake, inputs: AuditInputs, system_prompt: str 
             "max_length": max_length,
             "teacher_system_prompt": system_prompt,
             "threads": cores,
+            "device": "cuda" if num_gpus > 0 else "cpu",
         },
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=1,
         num_cpus=1,
+        num_gpus=num_gpus,
         **actor_fault_tolerance(),
     )
     pending: list[pa.Table] = []

@@ -45,6 +45,7 @@ class ScoreStage:
         max_length: int,
         teacher_system_prompt: str | None = None,
         threads: int | None = None,
+        device: str = "cpu",
     ) -> None:
         from germline.engines import load_causal_lm
 
@@ -55,6 +56,7 @@ class ScoreStage:
         self.failure: GermlineError | None = None
         self.max_length = max_length
         self.system_prompt = teacher_system_prompt
+        self.device = device
 
         def load() -> None:
             import torch
@@ -64,8 +66,8 @@ class ScoreStage:
             folders = LakeFolders(lake)
             self.teacher, self.tokenizer = load_causal_lm(folders.fetch(teacher_uri))
             self.reference, _ = load_causal_lm(folders.fetch(reference_uri))
-            self.teacher.eval()
-            self.reference.eval()
+            self.teacher.to(device).eval()
+            self.reference.to(device).eval()
 
         try:
             self._thread.submit(load).result()
@@ -89,9 +91,14 @@ class ScoreStage:
         teacher_side = student_side
         if tok.teacher_prompt_ids is not None:  # a system-prompt teacher reads its own prompt
             teacher_side, _ = pack(tok.teacher_prompt_ids, tok.completion_ids, pad)
+        targets = targets.to(self.device)
         with torch.inference_mode():
-            t_lp, t_top = _scored(selected_logits(self.teacher, teacher_side), targets)
-            r_lp, r_top = _scored(selected_logits(self.reference, student_side), targets)
+            t_lp, t_top = _scored(
+                selected_logits(self.teacher, teacher_side.to(self.device)), targets
+            )
+            r_lp, r_top = _scored(
+                selected_logits(self.reference, student_side.to(self.device)), targets
+            )
         columns: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
         start = 0
         for pid, ids in zip(batch.column("prompt_id").to_pylist(), tok.completion_ids,
