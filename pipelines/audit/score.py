@@ -46,6 +46,7 @@ class ScoreStage:
         teacher_system_prompt: str | None = None,
         threads: int | None = None,
         device: str = "cpu",
+        engine: str = "transformers",
     ) -> None:
         from germline.engines import load_causal_lm
 
@@ -58,14 +59,21 @@ class ScoreStage:
         self.system_prompt = teacher_system_prompt
         self.device = device
 
+        self.vllm = None
+
         def load() -> None:
             import torch
 
             if threads:
                 torch.set_num_threads(threads)
             folders = LakeFolders(lake)
-            self.teacher, self.tokenizer = load_causal_lm(folders.fetch(teacher_uri))
-            self.reference, _ = load_causal_lm(folders.fetch(reference_uri))
+            teacher_dir, reference_dir = folders.fetch(teacher_uri), folders.fetch(reference_uri)
+            if engine == "vllm":
+                self.vllm, self.teacher_adapter = _vllm_engine(teacher_dir, reference_dir)
+                self.tokenizer = self.vllm.tokenizer
+                return
+            self.teacher, self.tokenizer = load_causal_lm(teacher_dir)
+            self.reference, _ = load_causal_lm(reference_dir)
             self.teacher.to(device).eval()
             self.reference.to(device).eval()
 
@@ -86,19 +94,25 @@ class ScoreStage:
         from germline.train.objectives import pack, selected_logits
 
         tok = tokenize(batch, self.tokenizer, self.max_length, self.system_prompt)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        student_side, targets = pack(tok.prompt_ids, tok.completion_ids, pad)
-        teacher_side = student_side
-        if tok.teacher_prompt_ids is not None:  # a system-prompt teacher reads its own prompt
-            teacher_side, _ = pack(tok.teacher_prompt_ids, tok.completion_ids, pad)
-        targets = targets.to(self.device)
-        with torch.inference_mode():
-            t_lp, t_top = _scored(
-                selected_logits(self.teacher, teacher_side.to(self.device)), targets
-            )
-            r_lp, r_top = _scored(
-                selected_logits(self.reference, student_side.to(self.device)), targets
-            )
+        # A system-prompt teacher reads its own prompt; the completion is the same tokens.
+        teacher_prompts = tok.teacher_prompt_ids or tok.prompt_ids
+        if self.vllm is not None:
+            t_lp, t_top = _flat(self.vllm.score(teacher_prompts, tok.completion_ids,
+                                                adapter=self.teacher_adapter))  # fmt: skip
+            r_lp, r_top = _flat(self.vllm.score(tok.prompt_ids, tok.completion_ids,
+                                                adapter=False))  # fmt: skip
+        else:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            student_side, targets = pack(tok.prompt_ids, tok.completion_ids, pad)
+            teacher_side, _ = pack(teacher_prompts, tok.completion_ids, pad)
+            targets = targets.to(self.device)
+            with torch.inference_mode():
+                t_lp, t_top = _scored(
+                    selected_logits(self.teacher, teacher_side.to(self.device)), targets
+                )
+                r_lp, r_top = _scored(
+                    selected_logits(self.reference, student_side.to(self.device)), targets
+                )
         columns: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
         start = 0
         for pid, ids in zip(batch.column("prompt_id").to_pylist(), tok.completion_ids,
@@ -123,3 +137,33 @@ def _scored(logits, targets) -> tuple[list[float], list[int]]:
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
     return picked.tolist(), logp.argmax(dim=-1).tolist()
+
+
+def _flat(rows: list[tuple[list[float], list[int]]]) -> tuple[list[float], list[int]]:
+    """Per-row (log-probabilities, top tokens) as one flat list each, rows in order."""
+    return [x for lp, _ in rows for x in lp], [t for _, top in rows for t in top]
+
+
+def _vllm_engine(teacher_dir, reference_dir):
+    """One vLLM engine that scores both sides: a LoRA teacher on its base (the adapter on for
+    the teacher, off for the reference), or a system-prompt teacher, which has the
+    reference's weights. Any other pair needs two engines: refused, with the way out."""
+    from pathlib import Path
+
+    from germline.engines import EngineError, adapter_base
+    from germline.engines.vllm_engine import VLLMEngine
+
+    same = Path(teacher_dir).resolve() == Path(reference_dir).resolve()
+    if same:
+        return VLLMEngine(Path(reference_dir)), False
+    base = adapter_base(Path(teacher_dir))
+    engine = VLLMEngine(Path(teacher_dir)) if base is not None else None
+    if engine is None or Path(engine.base).resolve() != Path(reference_dir).resolve():
+        if engine is not None:
+            engine.close()
+        raise EngineError(
+            f"--engine vllm scores a LoRA teacher and its own base on one engine; the teacher "
+            f"{teacher_dir} is not an adapter of the reference {reference_dir} "
+            "(use --engine transformers)"
+        )
+    return engine, True

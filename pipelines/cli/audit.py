@@ -46,6 +46,13 @@ def _inputs(command):
     help="GPUs for the scoring actor (both models on one device).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="vllm: prompt log-probabilities from one vLLM engine (a LoRA teacher and its base).",
+)
+@click.option(
     "--max-length",
     default=256,
     show_default=True,
@@ -56,7 +63,8 @@ def _inputs(command):
 @click.pass_context
 def audit(ctx: click.Context, dataset: str, version: int | None, teacher: str | None,
           reference: str | None, student_base: str | None, transfer_rows: int,
-          batch_size: int, num_gpus: float, max_length: int, fmt: str) -> None:  # fmt: skip
+          batch_size: int, num_gpus: float, engine: str, max_length: int,
+          fmt: str) -> None:  # fmt: skip
     """Score every completion of DATASET under its generator and a reference model: per row
     the log-likelihood under each, the per-token log-ratios and the divergence tokens (where
     the reference would have written another token and the teacher this one), into
@@ -69,7 +77,7 @@ def audit(ctx: click.Context, dataset: str, version: int | None, teacher: str | 
         summary = run_audit(
             ctx.obj["lake"], dataset, version=version, teacher=teacher, reference=reference,
             student_base=student_base, transfer_rows=transfer_rows, batch_size=batch_size,
-            max_length=max_length, verbose=verbose(ctx), num_gpus=num_gpus,
+            max_length=max_length, verbose=verbose(ctx), num_gpus=num_gpus, engine=engine,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
     transfer = summary.transfer or {}
