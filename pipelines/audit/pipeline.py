@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from germline.checks.divergence import TokenCounts
 from germline.core import InputError, plain
-from germline.lineage import EdgeKind, LineageStore, Node, NodeKind
+from germline.lineage import Edge, EdgeKind, LineageStore, Node, NodeKind
 from germline.pipelines.audit.score import AUDIT_SCHEMA, ScoreStage
 from germline.pipelines.models.refs import find_model, model_folder, model_uri
 from germline.storage import Lake
@@ -129,13 +129,26 @@ def _model(store: LineageStore, ref: str, what: str) -> Node:
     return found
 
 
+def vocabulary(folder: Any) -> dict[str, int]:
+    """A model folder's token -> id map. From tokenizer.json through `tokenizers` when the
+    folder has one: importing transformers on the driver alone costs about 4 s, more than
+    scoring a thousand rows of a small model."""
+    from pathlib import Path
+
+    path = Path(folder) / "tokenizer.json"
+    if path.exists():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
 def check_vocabularies(teacher_dir: Any, reference_dir: Any, names: tuple[str, str]) -> None:
     """An audit compares the two models token by token, so both must map text to the same
     ids; a tokenizer that differs in one id would score every row as divergent."""
-    from transformers import AutoTokenizer
-
-    a = AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
-    b = AutoTokenizer.from_pretrained(reference_dir).get_vocab()
+    a, b = vocabulary(teacher_dir), vocabulary(reference_dir)
     if a != b:
         raise InputError(
             f"teacher {names[0]} ({len(a)} tokens) and reference {names[1]} ({len(b)} tokens) "
@@ -244,10 +257,7 @@ def audit(
                                                                strict=True)}  # fmt: skip
     summary.mean_ratio_per_token = ratio_sum / summary.tokens if summary.tokens else 0.0
     summary.divergence_share = summary.divergence_tokens / summary.tokens if summary.tokens else 0.0
-    from transformers import AutoTokenizer
-
-    vocab = AutoTokenizer.from_pretrained(reference_dir).get_vocab()
-    decode = {i: t for t, i in vocab.items()}
+    decode = {i: t for t, i in vocabulary(reference_dir).items()}
     summary.overrepresented = [asdict(o) for o in counts.overrepresented(decode)]
     if transfer_rows > 0:
         summary.transfer = _transfer(lake, student, inputs.teacher, rows, transfer_rows,
@@ -312,8 +322,8 @@ def _register(store: LineageStore, summary: AuditSummary, inputs: AuditInputs,
         NodeKind.RUN, f"audit/{summary.dataset_name.replace('quarantine/', '')}",
         summary.audit_id, attrs=attrs, uri=summary.table,
     )  # fmt: skip
-    for parent in {dataset_id, inputs.teacher.id, inputs.reference.id, student.id}:
-        store.link(node.id, parent, EdgeKind.USED)
+    parents = sorted({dataset_id, inputs.teacher.id, inputs.reference.id, student.id})
+    store.add_edges([Edge(node.id, parent, EdgeKind.USED) for parent in parents])  # one commit
     return node.id
 
 
