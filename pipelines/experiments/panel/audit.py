@@ -91,28 +91,27 @@ def heldout_loss(lake: Lake, cfg: PanelConfig, cells: Sequence[Cell],
     student's training rows. What a mitigation costs in plain data fit, compared between runs
     of the same config with and without it."""
     import torch
-    from deltalake import DeltaTable
 
     from germline.engines import load_causal_lm
     from germline.lineage import LineageStore
     from germline.pipelines.models.refs import model_folder
-    from germline.train.data import canonical_order, tokenize
+    from germline.train.data import read_version, subsample, tokenize
     from germline.train.objectives import pack, selected_logits
 
     graph = LineageStore(lake).graph()
     out: dict[str, float] = {}
+    held_out: dict[tuple[str, str], Any] = {}  # per teacher: both of its arms share the rows
     for c in cells:
-        table = DeltaTable(lake.dataset(cfg.dataset_name(c.animal, c.source)),
-                           storage_options=lake.storage_options)  # fmt: skip
-        whole = canonical_order(table.to_pyarrow_table(columns=["prompt_id", "prompt",
-                                                                "completion"]))  # fmt: skip
-        trained = DeltaTable(lake.dataset(cfg.training_dataset(c.animal, c.source)),
-                             storage_options=lake.storage_options)  # fmt: skip
-        seen = set(canonical_order(trained.to_pyarrow_table(columns=["prompt_id", "prompt",
-                                                                      "completion"]))
-                   .slice(0, cfg.data.rows).column("prompt_id").to_pylist())  # fmt: skip
-        keep = [i for i, p in enumerate(whole.column("prompt_id").to_pylist()) if p not in seen]
-        held = whole.take(keep[:rows])
+        key = (c.animal, c.source)
+        if key not in held_out:
+            whole, _ = read_version(lake.dataset(cfg.dataset_name(*key)), None,
+                                    lake.storage_options)  # fmt: skip
+            uri = lake.dataset(cfg.training_dataset(*key))
+            trained, _ = read_version(uri, None, lake.storage_options)
+            seen = set(subsample(trained, cfg.data.rows, uri).column("prompt_id").to_pylist())
+            ids = whole.column("prompt_id").to_pylist()
+            held_out[key] = whole.take([i for i, p in enumerate(ids) if p not in seen][:rows])
+        held = held_out[key]
         for student in c.students:
             model, tok = load_causal_lm(model_folder(lake, graph.node(student), "student"))
             t = tokenize(held, tok, 256)
