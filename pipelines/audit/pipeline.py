@@ -84,10 +84,12 @@ def resolve_inputs(
     version: int | None = None,
     teacher: str | None = None,
     reference: str | None = None,
+    graph: Any = None,
 ) -> AuditInputs:
     """The dataset's node and version, its generator (unless `teacher` is given) and that
-    generator's base (unless `reference` is given); a clear error for each missing link."""
-    graph = store.graph()
+    generator's base (unless `reference` is given); a clear error for each missing link.
+    `graph`: a snapshot the caller already loaded (loading one reads both lineage tables)."""
+    graph = graph if graph is not None else store.graph()
     node = graph.node(graph.resolve(dataset))
     if node.kind is not NodeKind.DATASET or not node.uri:
         raise InputError(f"{node.id} is a {node.kind.value}, not a dataset version")
@@ -188,7 +190,8 @@ def audit(
     from germline.train.data import read_version
 
     store = LineageStore(lake)
-    inputs = resolve_inputs(store, dataset, version, teacher, reference)
+    graph = store.graph()  # one snapshot for finding the inputs and an earlier audit
+    inputs = resolve_inputs(store, dataset, version, teacher, reference, graph)
     if engine not in ("transformers", "vllm"):
         raise InputError(f"unknown audit engine {engine!r} (transformers or vllm)")
     key = audit_id(inputs, max_length, engine)
@@ -196,7 +199,7 @@ def audit(
     name = f"{base_name}-v{inputs.version}-{key[:8]}"
     table_uri = lake.audit(name)
     student = _student_base(store, student_base, inputs)
-    found = _found(store, key, table_uri, lake)
+    found = _found(graph, key, table_uri, lake)
     if found is not None:
         if transfer_rows > 0 and (found.student_base != student.id or not found.transfer
                                   or found.transfer.get("rows") != transfer_rows):  # fmt: skip
@@ -287,12 +290,12 @@ def _student_base(store: LineageStore, ref: str | None, inputs: AuditInputs) -> 
     return _model(store, ref, "student base")
 
 
-def _found(store: LineageStore, key: str, table_uri: str, lake: Lake) -> AuditSummary | None:
+def _found(graph: Any, key: str, table_uri: str, lake: Lake) -> AuditSummary | None:
     """The audit with this id, when lineage records it and its table is still there."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    for node in store.graph().nodes(NodeKind.RUN):
+    for node in graph.nodes(NodeKind.RUN):
         if node.attrs.get("audit_id") != key:
             continue
         try:

@@ -117,16 +117,15 @@ class ScoreStage:
         start = 0
         for pid, ids in zip(batch.column("prompt_id").to_pylist(), tok.completion_ids,
                             strict=True):  # fmt: skip
-            end = start + len(ids)
-            row = score_row(ids, t_lp[start:end], r_lp[start:end], t_top[start:end],
-                            r_top[start:end])  # fmt: skip
-            start = end
+            span = slice(start, start + len(ids))  # this row's positions in the flat lists
+            start = span.stop
+            row = score_row(ids, t_lp[span], r_lp[span], t_top[span], r_top[span])
             columns["prompt_id"].append(pid)
             for name in ("tokens", "teacher_ll", "reference_ll", "log_ratio", "ratio_per_token",
                          "divergence", "token_ratios"):  # fmt: skip
                 columns[name].append(getattr(row, name))
             columns["token_ids"].append(list(ids))
-            columns["reference_top"].append(r_top[start - len(ids) : end])
+            columns["reference_top"].append(r_top[span])
         return pa.table(columns, schema=AUDIT_SCHEMA)
 
 
