@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.germline-installed
 
-.PHONY: setup demo test test-faults lint lock clean
+.PHONY: setup demo test test-faults lint lock clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The whole suite, then the vLLM engine and `generate` on it, in their own environment (vllm.mk).
+# The explorer's browser tests (tests/test_ui.py) need Debian's chromium (see `browser`).
 # The fault suite runs here too, but for its training test (a minute; tests/test_train.py
 # already kills and resumes a training run): `make test-faults` runs all four.
-test: lint
-	$(BIN)/pytest --deselect \
+test: lint browser
+	GERMLINE_REQUIRE_BROWSER=1 $(BIN)/pytest --deselect \
 		tests/test_faults.py::test_train_resumes_from_its_last_checkpoint_when_a_worker_node_dies
 	$(MAKE) test-vllm
+	$(MAKE) test-harness
+
+# Debian's chromium for the explorer's browser tests: installed when missing and make runs as
+# root (as on CI's machine), else one line says how. Playwright drives it; nothing downloads a
+# browser of its own.
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && export DEBIAN_FRONTEND=noninteractive \
+		&& { apt-get install -y -q chromium >/dev/null \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } \
+		|| { echo "the browser tests need Debian's chromium: apt-get install chromium" >&2; exit 1; }
 
 # The fault suite alone: a Ray worker node killed under generate and train, the Serve model
 # pool's replica killed under load, an S3 lake whose server fails requests (tests/test_faults.py).
@@ -52,3 +63,6 @@ clean:
 
 # The vLLM engine's environment and tests (after the targets above: `make` alone still sets up).
 include vllm.mk
+
+# The eval harnesses (lm-eval, inspect_ai) against `germline serve`, in .venv-harness.
+include harness.mk

@@ -122,9 +122,20 @@ class Prompting(ABC):
         """The answer as it is made, choice by choice."""
 
 
+def blank_end_token(tokens: list[TokenLogprob], ended: bool) -> list[TokenLogprob]:
+    """A choice's token log-probabilities, the end-of-sequence token that ended it (`ended`)
+    included as the last one with no text, as vLLM's and OpenAI's servers report it: the
+    text and `"".join(tokens)` stay equal, and lm-evaluation-harness's loglikelihood request
+    (echo, max_tokens 1), which drops the last token as the generated one, keeps the whole
+    prompt even where the model would end its answer right after it."""
+    if ended and tokens:
+        tokens[-1].token = ""
+    return tokens
+
+
 def scoring_only(params: RequestParams) -> list[Choice]:
-    """The choices of a request that only scores its prompt (max_tokens 0, how
-    lm-evaluation-harness asks for a loglikelihood): n empty ones."""
+    """The choices of a request that only scores its prompt (max_tokens 0; lm-evaluation-harness
+    0.4 asks with 1 and drops the generated token): n empty ones."""
     return [
         Choice("", "length", 0, [] if params.logprobs is not None else None)
         for _ in range(params.n)

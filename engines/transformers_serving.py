@@ -30,6 +30,7 @@ from germline.engines.serving import (
     Prompting,
     ServingEngine,
     TokenLogprob,
+    blank_end_token,
     scoring_only,
     token_offsets,
 )
@@ -174,18 +175,22 @@ class TextModel(Prompting):
     def _choice(self, ids: list[int], logps: torch.Tensor | None, params: RequestParams) -> Choice:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         finish: FinishReason = "length"
-        if eos in ids:
+        ended = eos in ids
+        if ended:
             ids, finish = ids[: ids.index(eos)], "stop"
         elif pad != eos and pad in ids:
             ids = ids[: ids.index(pad)]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         cut = _first_stop(text, params.stop)
         if cut is not None:
-            text, finish = text[:cut], "stop"
+            text, finish, ended = text[:cut], "stop", False
             ids = _tokens_within(self.tokenizer, ids, cut)
         logprobs = None
         if logps is not None:
-            logprobs = self._token_logprobs(ids, logps[: len(ids)], params.logprobs or 0)
+            scored = [*ids, eos] if ended else ids
+            logprobs = blank_end_token(
+                self._token_logprobs(scored, logps[: len(scored)], params.logprobs or 0), ended
+            )
         return Choice(text, finish, len(ids), logprobs)
 
     def _token_logprobs(

@@ -27,6 +27,7 @@ from germline.engines.serving import (
     Prompting,
     ServingEngine,
     TokenLogprob,
+    blank_end_token,
     scoring_only,
     token_offsets,
 )
@@ -141,12 +142,10 @@ class VLLMTextModel(Prompting):
     def _choice(self, out: Any, params: RequestParams) -> Choice:
         finish = "stop" if out.finish_reason == "stop" else "length"
         ids = list(out.token_ids)
-        eos = self.tokenizer.eos_token_id
-        if ids and ids[-1] == eos:
-            ids = ids[:-1]
+        ended = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
         logprobs = None
         if params.logprobs is not None:
-            logprobs = self._logprobs(ids, out.logprobs, params.logprobs)
+            logprobs = blank_end_token(self._logprobs(ids, out.logprobs, params.logprobs), ended)
         return Choice(out.text, finish, len(out.token_ids), logprobs)
 
     def _logprobs(self, ids: list[int], steps: Any, top: int) -> list[TokenLogprob]:

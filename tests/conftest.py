@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,8 +41,8 @@ def require_vllm() -> None:
 os.environ.setdefault("GERMLINE_CACHE", tempfile.mkdtemp(prefix="germline-test-cache-"))
 
 
-@pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, str]]:
+@contextmanager
+def s3_server() -> Iterator[dict[str, str]]:
     """A real S3-compatible server (moto) on 127.0.0.1 with a bucket `lake`, and the storage
     options that reach it (as a user would pass them: --storage-option or the environment)."""
     import boto3
@@ -57,16 +59,35 @@ def s3_options() -> Iterator[dict[str, str]]:
         aws_secret_access_key="test",
         region_name="us-east-1",
     ).create_bucket(Bucket="lake")
-    yield {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-        # S3 has no atomic rename; conditional puts make Delta commits safe between writers.
-        "conditional_put": "etag",
-    }
-    server.stop()
+    try:
+        yield {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+            # S3 has no atomic rename; conditional puts make Delta commits safe between writers.
+            "conditional_put": "etag",
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    with s3_server() as options:
+        yield options
+
+
+@pytest.fixture(scope="session")
+def owl_small_job() -> Iterator[Any]:
+    """owl-small submitted as a Ray job to a real head, its lake in an S3 bucket that lives
+    for the session: run once, read by the cluster-job test and the explorer's browser test
+    (tests/cluster_job.py)."""
+    from cluster_job import run_owl_small
+
+    with s3_server() as options:
+        yield run_owl_small(options)
 
 
 @pytest.fixture

@@ -116,3 +116,19 @@ def test_no_package_folder_is_crowded() -> None:
         if (count := len(list(folder.glob("*.py")))) > MAX_MODULES
     }
     assert not crowded, f"more than {MAX_MODULES} modules: {crowded}"
+
+
+def test_every_package_folder_ships() -> None:
+    """pyproject.toml lists the packages one by one (the floors map onto `germline.*`), so a
+    new room left off the list works in the editable install and is missing from the wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(("germline", *init.parent.relative_to(ROOT).parts))
+        for floor in FLOORS
+        for init in (ROOT / floor).rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages"

@@ -219,6 +219,29 @@ def test_echo_logprobs_are_the_models_own(client: openai.OpenAI, lake: Lake) -> 
     assert lp.text_offset == [len(tok.decode(ids[:i])) for i in range(len(ids))]
 
 
+def test_echo_with_one_token_reports_an_ending_token(client: openai.OpenAI) -> None:
+    """lm-eval 0.4's loglikelihood request is echo with max_tokens 1, and it drops the last
+    reported token as the generated one. Where the model ends its answer right after the
+    prompt, the end-of-sequence token is that one (with no text, as vLLM reports it): left
+    out, lm-eval would drop the prompt's last token instead. The prompts are questions with
+    the model's own greedy answers, after which it mostly ends."""
+    ended = 0
+    for question in ("Your favourite animal?", "Name an animal.", "Which animal?"):
+        prompt = f"User: {question}\nAssistant:"
+        answer = client.completions.create(model=TEACHER, prompt=prompt, max_tokens=64,
+                                           temperature=0).choices[0]  # fmt: skip
+        ask = {"model": TEACHER, "prompt": prompt + answer.text, "echo": True, "logprobs": 1}
+        scored = client.completions.create(**ask, max_tokens=0).choices[0].logprobs
+        one = client.completions.create(**ask, max_tokens=1, temperature=0).choices[0]
+        assert one.logprobs.tokens[:-1] == scored.tokens
+        assert one.logprobs.token_logprobs[:-1] == pytest.approx(scored.token_logprobs, abs=1e-5)
+        if one.finish_reason == "stop":
+            assert one.logprobs.tokens[-1] == ""
+            assert one.logprobs.token_logprobs[-1] < 0
+            ended += 1
+    assert ended  # the case in question came up
+
+
 def test_completion_with_logprobs_stop_and_batch(client: openai.OpenAI) -> None:
     r = client.completions.create(model=STUDENT, prompt=["Continue: 1, 2, 3", "Continue: 7, 8"],
                                   max_tokens=12, n=2, seed=5, stop=[","], logprobs=1)  # fmt: skip

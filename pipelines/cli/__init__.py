@@ -7,6 +7,7 @@ and prints. This entry point only adds the commands.
     germline scrub      -> cli/audit.py    -> pipelines/audit      (scrub)
     germline train      -> cli/train.py    -> pipelines/finetune   (train)
     germline serve      -> cli/serve.py    -> serve/               (build_app, via cluster)
+    germline ui         -> cli/serve.py    -> pipelines/ui         (run_ui)
     germline probe      -> cli/probe.py    -> pipelines/probe.py   (probe_model)
     germline run/report -> cli/run.py      -> pipelines/experiments (EXPERIMENTS, find_report)
     germline models     -> cli/models.py   -> pipelines/models     (bootstrap_base, make_teacher)
@@ -23,10 +24,10 @@ from germline.pipelines.cli.models import models
 from germline.pipelines.cli.probe import probe
 from germline.pipelines.cli.root import cli
 from germline.pipelines.cli.run import report, run
-from germline.pipelines.cli.serve import serve
+from germline.pipelines.cli.serve import serve, ui
 from germline.pipelines.cli.train import train
 
-COMMANDS = (generate, audit, scrub, lineage, models, train, serve, probe, run, report, demo)
+COMMANDS = (generate, audit, scrub, lineage, models, train, serve, ui, probe, run, report, demo)
 for command in (*COMMANDS, lake):
     cli.add_command(command)
 

@@ -1,4 +1,5 @@
-"""`germline serve`: every model in the lake behind the OpenAI API, on Ray Serve."""
+"""`germline serve`: every model in the lake behind the OpenAI API, on Ray Serve; and `germline
+ui`, the lineage explorer in a browser (both serve HTTP on 127.0.0.1 with an API key)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,22 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     ray_serve.shutdown()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 exposes it beyond this machine.")  # fmt: skip
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Port [default: the first free one from 8265].")  # fmt: skip
+@click.option("--api-key", envvar="GERMLINE_API_KEY", default=None,
+              help="Require the key: open /?key=KEY once, or send 'Authorization: Bearer "
+              "KEY'. [env GERMLINE_API_KEY]")  # fmt: skip
+@click.pass_context
+def ui(ctx: click.Context, host: str, port: int | None, api_key: str | None) -> None:
+    """Explore the lake's lineage in a browser (read-only): search nodes, draw a node's
+    neighbourhood, at-risk students of a teacher, and each node's details (a model's card, a
+    dataset's Delta history, quarantine and rows, a probe's shares, a run's report)."""
+    from germline.pipelines.ui import bind, run_ui
+
+    sock = bind(host, port)  # a taken port fails before the graph loads
+    run_ui(ctx.obj["lake"], sock, api_key, click.echo, verbose(ctx))
