@@ -133,7 +133,7 @@ class Explorer:
             "nodes": len(snap.ids),
             "edges": g.number_of_edges(),
             "kinds": dict(sorted(kinds.items())),
-            "teachers": [self.brief(n) for _, n in teachers],
+            "teachers": [brief(snap.graph, n) for _, n in teachers],
         }
 
     def search(self, query: str, kind: str | None = None, limit: int = 50) -> dict[str, Any]:
@@ -158,15 +158,18 @@ class Explorer:
             elif at >= 0:
                 ranked.append((2, at, name, node_id))
         first = heapq.nsmallest(limit, ranked)
-        return {"total": len(ranked), "hits": [self.brief(n) for *_, n in first]}
+        return {"total": len(ranked), "hits": [brief(snap.graph, n) for *_, n in first]}
 
     def neighbourhood(self, ref: str, depth: int = 2, limit: int = 300) -> dict[str, Any]:
         """The node with its ancestors and descendants up to `depth` hops, nearest first, at
         most `limit` nodes; each node's signed distance (negative: where it came from)."""
+        graph = self.graph
+        return self._neighbourhood(graph, graph.resolve(ref), depth, limit)
+
+    @staticmethod
+    def _neighbourhood(graph: LineageGraph, focus: str, depth: int, limit: int) -> dict[str, Any]:
         depth = _bounded("depth", depth, 1, MAX_DEPTH)
         limit = _bounded("limit", limit, 1, MAX_LIMIT)
-        graph = self.graph
-        focus = graph.resolve(ref)
         g = graph.g
         dist: dict[str, int] = {focus: 0}
         truncated = False
@@ -187,7 +190,7 @@ class Explorer:
         edges = [
             {"source": u, "target": v, "kind": k} for u, v, k in g.subgraph(dist).edges(data="kind")
         ]
-        nodes = [{**self.brief(n), "distance": d} for n, d in dist.items()]
+        nodes = [{**brief(graph, n), "distance": d} for n, d in dist.items()]
         return {"focus": focus, "depth": depth, "nodes": nodes, "edges": edges,
                 "truncated": truncated, "limit": limit}  # fmt: skip
 
@@ -196,22 +199,27 @@ class Explorer:
         through data), with its descendants drawn to `depth` so the two can be told apart."""
         graph = self.graph
         teacher = graph.resolve(ref)
+        depth, limit = (
+            _bounded("depth", depth, 1, MAX_DEPTH),
+            _bounded("limit", limit, 1, MAX_LIMIT),
+        )
         hits = graph.at_risk(teacher)  # LineageError for a node that is not a model
-        drawn = self.neighbourhood(teacher, depth, limit)
+        drawn = self._neighbourhood(graph, teacher, depth, limit)
         at_risk = {h.id for h in hits}
         for node in drawn["nodes"]:
             node["at_risk"] = node["id"] in at_risk
         shown = hits[:500]
         return {**drawn, "teacher": teacher, "fingerprint": graph.fingerprint(teacher),
                 "at_risk_total": len(hits),
-                "at_risk": [{**self.brief(h.id), "depth": h.depth} for h in shown]}  # fmt: skip
+                "at_risk": [{**brief(graph, h.id), "depth": h.depth} for h in shown]}  # fmt: skip
 
-    def brief(self, node_id: str) -> dict[str, Any]:
-        """What a list or a drawing shows of a node."""
-        graph = self.graph
-        data = graph.g.nodes[node_id]
-        return {"id": node_id, "kind": data["kind"], "name": data["name"],
-                "version": data["version"], "fingerprint": graph.fingerprint(node_id)}  # fmt: skip
+
+def brief(graph: LineageGraph, node_id: str) -> dict[str, Any]:
+    """What a list or a drawing shows of a node. Each answer reads one snapshot throughout:
+    the caller passes the graph it took, so a reload mid-request cannot mix two."""
+    data = graph.g.nodes[node_id]
+    return {"id": node_id, "kind": data["kind"], "name": data["name"],
+            "version": data["version"], "fingerprint": graph.fingerprint(node_id)}  # fmt: skip
 
 
 def _bounded(name: str, value: int, low: int, high: int) -> int:
