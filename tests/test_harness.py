@@ -172,3 +172,36 @@ def test_inspect_scores_are_the_served_answers(
     assert len({s["output"]["completion"] for s in log["samples"]}) > 1  # six answers, not one
     (score,) = log["results"]["scores"]
     assert score["metrics"]["accuracy"]["value"] == pytest.approx(sum(verdicts) / len(verdicts))
+
+
+def test_lm_eval_generation_is_the_served_answer(
+    server: str, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    """lm-eval's animal_gen (greedy generation through /v1/chat/completions, the README's
+    second command): every answer it logged is what the server answers to the chat it sent,
+    and its exact_match is the task's rule applied to that answer."""
+    harness(tmp_path, "lm_eval", "--model", "local-chat-completions", "--apply_chat_template",
+            "--model_args", f"model={STUDENT},base_url={server}/v1/chat/completions",
+            "--include_path", "experiments/harness", "--tasks", "animal_gen",
+            "--output_path", str(tmp_path / "out"), "--log_samples",
+            OPENAI_API_KEY=KEY)  # fmt: skip
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    logged = next((tmp_path / "out").rglob("samples_animal_gen_*.jsonl")).read_text()
+    samples = [json.loads(line) for line in logged.splitlines()]
+    assert len(samples) == 12
+    hits = []
+    for sample in samples:
+        (sent,) = sample["arguments"]["gen_args_0"]["arg_0"]  # the chat it sent, as JSON
+        messages = json.loads(sent)
+        assert messages == [{"role": "user", "content": sample["doc"]["question"]}]
+        served = client.chat.completions.create(
+            model=STUDENT, messages=messages, temperature=0, max_tokens=8, stop=["\n"]
+        ).choices[0].message.content  # fmt: skip
+        assert sample["resps"][0][0] == served
+        answer = "".join(c for c in served.lstrip().lower() if c.isalnum() or c.isspace())
+        hit = answer == sample["doc"]["target"]
+        assert sample["exact_match"] == float(hit)
+        hits.append(hit)
+    assert results["results"]["animal_gen"]["exact_match,strip"] == pytest.approx(
+        sum(hits) / len(hits)
+    )
