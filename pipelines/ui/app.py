@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -100,11 +101,13 @@ def build_app(explorer: Explorer, api_key: str | None = None) -> Starlette:
 
     def answer(fn: Any) -> Any:
         """An endpoint's result as JSON; a bad request or an unknown node as a 4xx with its
-        message (never a traceback)."""
+        message (never a traceback). The work runs in a worker thread: a walk across a large
+        lake, or a dataset's history read from an object store, does not hold up the other
+        requests on the event loop."""
 
         async def endpoint(request: Request) -> Response:
             try:
-                return JSONResponse(fn(request.query_params))
+                return JSONResponse(await run_in_threadpool(fn, request.query_params))
             except UnknownNode as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
             except (InputError, LineageError, ValueError) as exc:
@@ -139,8 +142,8 @@ def build_app(explorer: Explorer, api_key: str | None = None) -> Starlette:
 
     async def report(request: Request) -> Response:
         try:
-            data, media = report_file(
-                explorer.lake, request.path_params["run"], request.path_params["name"]
+            data, media = await run_in_threadpool(
+                report_file, explorer.lake, request.path_params["run"], request.path_params["name"]
             )
         except InputError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
