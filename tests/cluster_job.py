@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import stop_ray_start
+from conftest import free_port, stop_ray_start
 
 from germline.storage import Lake
 
@@ -42,12 +41,6 @@ class JobResult:
     actors: set[str]  # class names of the actors that ran on the head
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def ray_head() -> Iterator[dict]:
     """A Ray head on 127.0.0.1 with token authentication (Ray's own: every client of the
@@ -55,7 +48,7 @@ def ray_head() -> Iterator[dict]:
     group, stopped by signalling that group alone (`ray stop` would also stop the embedded
     clusters of the test process)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -73,11 +66,11 @@ def ray_head() -> Iterator[dict]:
             f"--temp-dir={temp}",
             # Fixed defaults (52365, 10001, ...) would clash with any other Ray on the machine,
             # such as the embedded clusters other tests start.
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,13 @@ from germline.lineage import LineageStore, Node
 from germline.storage import Lake
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that is free now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def require_vllm() -> None:

@@ -8,7 +8,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 import torch
-from conftest import GERMLINE, add_tiny_base, write_counting
+from conftest import GERMLINE, add_tiny_base, free_port, write_counting
 
 from germline.lineage import LineageStore
 from germline.storage import Lake
@@ -33,12 +32,6 @@ KEY = "test-key-123"
 STUDENT = "served-student"
 TEACHER = "served-teacher"
 OTHER_BASE = "second-base"  # a second base in the same pool: its requests run beside the first's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

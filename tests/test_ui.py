@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GERMLINE, germline
+from conftest import GERMLINE, free_port, germline
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from germline.lineage import Edge, EdgeKind, LineageStore, Node, NodeKind
@@ -37,16 +37,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def ui_server(lake: Lake, *extra: str) -> Iterator[str]:
     """`germline ui` in its own process on a free port; its URL once it answers."""
-    port = _free_port()
+    port = free_port()
     options = [
         arg for k, v in lake.storage_options.items() for arg in ("--storage-option", f"{k}={v}")
     ]
