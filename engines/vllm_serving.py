@@ -177,7 +177,7 @@ class VLLMTextModel(Prompting):
                 if o.finish_reason is not None:
                     finish = "stop" if o.finish_reason == "stop" else "length"
                 if o.text or finish:
-                    yield Delta(o.index, o.text, finish)
+                    yield Delta(o.index, o.text, finish, len(o.token_ids))
 
 
 class _Gate:

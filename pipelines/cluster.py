@@ -13,9 +13,12 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from germline.core import InputError
+
+if TYPE_CHECKING:
+    from germline.serve.listener import Listener
 
 
 def ensure_ray(verbose: bool = False) -> None:
@@ -154,44 +157,49 @@ def actor_fault_tolerance() -> dict[str, int]:
     return {"max_restarts": 0}
 
 
-def start_serving(settings: Any, host: str, port: int, name: str, verbose: bool = False) -> str:
-    """Start (or attach to) Ray and Serve, run germline's OpenAI app as `name` on host:port,
-    return its /v1 URL. Serve's own start-up lines stay quiet unless verbose."""
+def start_serving(
+    settings: Any, host: str, port: int, name: str, verbose: bool = False
+) -> Listener:
+    """Bind host:port (an InputError before Ray starts if it is taken), start (or attach to)
+    Ray and Serve, and run germline's model server as the Serve application `name`, answering
+    on that socket. The caller closes the returned listener after deleting the application.
+    Serve's own HTTP proxy is not started: the server's replica answers HTTP itself
+    (serve/deployment.py). Serve's start-up lines stay quiet unless verbose."""
     from ray import serve
 
-    from germline.serve.app import build_app
+    from germline.serve.deployment import build_app
+    from germline.serve.listener import Listener
 
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    check_port_free(host, port)
-    ensure_ray(verbose)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(settings), name=name, route_prefix="/", blocking=False)
-    return f"http://{host}:{port}/v1"
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Raise an InputError if host:port cannot be bound, before Ray starts: Serve's proxy
-    would fail inside an actor and surface as a long traceback after Ray's start-up."""
-    import errno
-    import socket
-
+    listener = Listener(host, port)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise InputError(f"cannot serve on {host}: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise InputError(
-                f"cannot serve on {host}:{port}: {exc.strerror or exc}"
-                + (
-                    " (another server has it; pick another --port)"
-                    if exc.errno == errno.EADDRINUSE
-                    else ""
-                )
-            ) from None
+        ensure_ray(verbose)
+        node = _serving_node(settings.pool_cpus, settings.pool_gpus)
+        serve.start(proxy_location="Disabled")
+        serve.run(build_app(settings, listener.handoff, node), name=name, route_prefix=None,
+                  blocking=False)  # fmt: skip
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _serving_node(cpus: float, gpus: float) -> str:
+    """The address of this process's node, where the model server must run (it answers on
+    the socket bound here); an InputError, not a replica Serve waits for forever, when the
+    node lacks the CPUs or GPUs the server asks for."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == me)
+    have = node["Resources"]
+    short = [f"{need:g} {kind}" for kind, need in (("CPU", cpus), ("GPU", gpus))
+             if need > have.get(kind, 0)]  # fmt: skip
+    if short:
+        raise InputError(
+            f"the model server runs on the node that serves its port (this one), which has "
+            f"less than {' and '.join(short)}: run germline serve on a node that has them "
+            "(on a cluster, submit the job with entrypoint resources that place it there)"
+        )
+    return node["NodeManagerAddress"]

@@ -88,6 +88,10 @@ class ModelRegistry:
             raise KeyError(ref)
         return found
 
+    def cached(self, ref: str) -> ServedModel | None:
+        """The model `ref` names as far as the lineage already read knows (no disk)."""
+        return self._lookup(ref)
+
     def _lookup(self, ref: str) -> ServedModel | None:
         with self._lock:
             if ref in self._models:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydot
 import pytest
-from conftest import germline, write_model
+from conftest import free_port, germline, write_model
 from deltalake import DeltaTable
 
 from germline.storage import Lake
@@ -269,6 +269,17 @@ def test_serve_on_a_busy_port_is_one_line_before_ray_starts(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert lines == [f"error: cannot serve on 127.0.0.1:{port}: Address already in use "
                      "(another server has it; pick another --port)"]  # fmt: skip
+
+
+def test_serve_asking_for_a_gpu_this_node_lacks_is_one_line(tmp_path: Path) -> None:
+    """The model server runs on the node whose port it answers: one that lacks the GPU it
+    asks for is an error, not a replica Serve waits for forever."""
+    result = germline("serve", "--port", str(free_port()), "--num-gpus", "1",
+                      lake=Lake.resolve(tmp_path), subprocess_=True)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    expected = "error: the model server runs on the node that serves its port (this one)"
+    assert last.startswith(f"{expected}, which has less than 1 GPU"), result.stderr
 
 
 def test_a_corrupt_delta_log_is_one_line_without_rust_frames(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_owl_small_submitted_as_a_ray_job(owl_small_job: JobResult) -> None:
     # germline attached to this cluster: the experiment's own actors ran on it.
     actors = job.actors
     assert any("GenerateStage" in name for name in actors), sorted(actors)
-    assert any("ModelPool" in name for name in actors), sorted(actors)
+    assert any("ModelServer" in name for name in actors), sorted(actors)
 
     # The experiment end to end, as `germline run` leaves it: every model gets a report row,
     # every model and dataset is in lineage, and lineage says the owl student is at risk from

@@ -534,38 +534,21 @@ def test_probe_command_stores_results_and_lineage(server: str, lake: Lake, tmp_p
 
 
 def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
-    """The gateway's event stream, fed a pool stream that breaks after its first delta (a
-    replica lost mid-answer): the client gets the delta, an error event, then [DONE], and
-    the admission slot is freed; a stream the pool ends with an error event also ends with
-    [DONE] (clients wait for it)."""
-    from germline.engines.sampling import RequestParams
-    from germline.serve.app import Gateway, Job, JobError, _Slot
-    from germline.serve.registry import ServedModel
-
-    class Counter:
-        pending = 1
+    """The server's event stream, fed an engine stream that breaks after its first delta:
+    the client gets the delta, an error event, then [DONE], and the admission slot is freed
+    exactly once."""
+    from germline.serve.app import _sse
 
     async def broken() -> Any:
         yield ("delta", 0, " 4", None)
-        raise RuntimeError("replica died")
+        raise RuntimeError("engine died")
 
-    async def refused() -> Any:
-        yield ("error", JobError(400, "no room"))
+    released: list[int] = []
 
-    gateway = Gateway.func_or_class
-    served = ServedModel("model:x@1", "x", "x", "x", False, None, "model:x@1", 0)
-    job = Job("text", RequestParams(max_tokens=4), prompts=["1, 2"])
+    async def collect() -> list[str]:
+        body = _sse(broken(), "model:x@1", "text", False, lambda: released.append(1))
+        return [event async for event in body]
 
-    async def collect(events: Any) -> list[str]:
-        holder = Counter()
-        first = await events.__anext__()
-        out = [e async for e in gateway._sse(None, first, events, served, job, False,
-                                             _Slot(holder))]  # fmt: skip
-        assert holder.pending == 0
-        return out
-
-    out = asyncio.run(collect(broken()))
+    out = asyncio.run(collect())
     assert '" 4"' in out[0] and '"server_error"' in out[1] and out[-1] == "data: [DONE]\n\n"
-    assert len(out) == 3
-    out = asyncio.run(collect(refused()))
-    assert "no room" in out[0] and out[-1] == "data: [DONE]\n\n" and len(out) == 2
+    assert len(out) == 3 and released == [1]

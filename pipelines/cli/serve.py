@@ -55,7 +55,7 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
     from ray import serve as ray_serve
 
     from germline.pipelines.cluster import start_serving
-    from germline.serve.app import ServeSettings
+    from germline.serve.pool import ServeSettings
     from germline.serve.registry import ModelRegistry
 
     lake = ctx.obj["lake"]
@@ -73,7 +73,8 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         engine_options=engine_options,
     )
     models = ModelRegistry(lake).list()  # before Ray starts: a broken lake fails fast
-    url = start_serving(settings, host, port, "germline", verbose(ctx))
+    listener = start_serving(settings, host, port, "germline", verbose(ctx))
+    url = f"{listener.url}/v1"
     click.echo(
         f"serving {len(models)} models at {url}" + (" (API key required)" if api_key else "")
     )
@@ -85,6 +86,7 @@ def serve(ctx: click.Context, host: str, port: int, api_key: str | None, max_mod
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     ray_serve.shutdown()
+    listener.close()
 
 
 @click.command()

@@ -9,7 +9,6 @@ table and linked to its model in lineage.
 from __future__ import annotations
 
 import secrets
-import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +19,7 @@ from germline.pipelines.generate import GenerateConfig
 from germline.storage import Lake
 
 if TYPE_CHECKING:
-    from germline.serve.app import ServeSettings
+    from germline.serve.pool import ServeSettings
 
 T = TypeVar("T")
 
@@ -71,12 +70,6 @@ def _call(job: Callable[[], T]) -> T:
     return job()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_and_probe(
     lake: Lake,
     cfg: Distillation,
@@ -98,19 +91,21 @@ def serve_and_probe(
     how = ProbeSettings(p.method, p.samples, p.temperature, cfg.seed)
     key = secrets.token_hex(16)
     settings = serve_settings(lake, cfg, key, len({m for m, _ in models}))
-    url = start_serving(settings, "127.0.0.1", _free_port(), "germline-experiment", verbose)
+    listener = start_serving(settings, "127.0.0.1", 0, "germline-experiment", verbose)
+    url = f"{listener.url}/v1"
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
         jobs = [(model_id, base.with_target(target, None)) for model_id, target in models]
         return [result for result, _ in probe_models(lake, client, url, jobs, how)]
     finally:
         serve.delete("germline-experiment")
+        listener.close()
 
 
 def serve_settings(lake: Lake, cfg: Distillation, api_key: str, models: int) -> ServeSettings:
     """The probe step's Serve app: every model of the run in one pool, placed as
     `resources.serve` says."""
-    from germline.serve.app import ServeSettings
+    from germline.serve.pool import ServeSettings
 
     placed = cfg.resources.serve
     return ServeSettings(
