@@ -266,7 +266,6 @@ def summary(rounds: list[dict]) -> dict:
         "cpu_ms": 1000 * sum(r["cpu_s"] for r in rounds) / sum(len(r["texts"]) for r in rounds),
         "texts": rounds[-1]["texts"],
         "rounds_agree": all(r["texts"] == rounds[0]["texts"] for r in rounds),
-        "rates": rates,
     }
 
 

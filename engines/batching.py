@@ -12,7 +12,7 @@ So a seeded request answers the same batched as alone, as long as the model comp
 scores the same next to other rows and under padding. In exact arithmetic it does; in floating
 point a batched row's scores can differ from its lone run in the last bits, which changes a
 sampled token only when the row's uniform draw falls within that rounding of a boundary
-between two tokens' cumulative probabilities (tests/test_serve.py checks a set of seeded
+between two tokens' cumulative probabilities (tests/test_batching.py checks a set of seeded
 requests answer identically batched and alone).
 """
 

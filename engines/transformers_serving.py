@@ -418,7 +418,7 @@ class _Loaded(TextModel):
 
     def ensure(self) -> None:
         """An adapter evicted while this request waited is put back before use."""
-        if self.adapter is not None and self.adapter not in self.base.adapters:
+        if self.needs_ensure():
             assert self._folder is not None
             self.base.add_adapter(self.adapter, self._engine.source.local(self._folder))
 

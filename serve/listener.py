@@ -59,7 +59,6 @@ class Listener:
         self._unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._unix.bind(self.handoff)
         self._unix.listen(8)
-        self._closed = False
         self._thread = threading.Thread(target=self._hand_out, name="serve-handoff", daemon=True)
         self._thread.start()
 
@@ -69,7 +68,7 @@ class Listener:
         return f"http://{shown}:{self.port}"
 
     def _hand_out(self) -> None:
-        while not self._closed:
+        while True:
             try:
                 conn, _ = self._unix.accept()
             except OSError:  # closed
@@ -78,19 +77,12 @@ class Listener:
                 socket.send_fds(conn, [b"s"], [self.sock.fileno()])
 
     def close(self) -> None:
-        self._closed = True
         for sock in (self._unix, self.sock):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         self._thread.join(timeout=5)
         shutil.rmtree(self._folder, ignore_errors=True)
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 def receive(handoff: str) -> socket.socket:

@@ -62,10 +62,11 @@ class JobError(Exception):
 class ModelPool:
     """The models of one replica, loaded on first use and kept least-recently-used first."""
 
-    def __init__(self, settings: ServeSettings, registry: ModelRegistry | None = None) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.registry = registry or ModelRegistry(settings.lake_obj())
-        self.folders = LakeFolders(settings.lake_obj())
+        lake = settings.lake_obj()
+        self.registry = ModelRegistry(lake)
+        self.folders = LakeFolders(lake)
         engine = SERVING.get(settings.engine)
         self.engine = engine(self, settings.max_models, settings.threads, settings.engine_options)
         self._held: OrderedDict[str, Prompting] = OrderedDict()

@@ -80,19 +80,16 @@ class ModelRegistry:
 
     def get(self, ref: str) -> ServedModel:
         """The model `ref` names (id, unique id prefix or unique name); KeyError if none."""
-        found = self._lookup(ref)
+        found = self.cached(ref)
         if found is None and time.monotonic() - self._loaded_at >= self.refresh_s:
             self.reload()
-            found = self._lookup(ref)
+            found = self.cached(ref)
         if found is None:
             raise KeyError(ref)
         return found
 
     def cached(self, ref: str) -> ServedModel | None:
         """The model `ref` names as far as the lineage already read knows (no disk)."""
-        return self._lookup(ref)
-
-    def _lookup(self, ref: str) -> ServedModel | None:
         with self._lock:
             if ref in self._models:
                 return self._models[ref]
