@@ -1,12 +1,13 @@
 """The HTTP app: germline's OpenAI-compatible API, answered in the model pool's own process.
 
-It checks the API key, validates the request (serve/openai_api), answers `/v1/models` from
-lineage, admits at most `max_pending` requests at once (the rest get a 429 at once, so a burst
-is refused, not piled up until something breaks), runs the request on the `ModelPool` in the
-same process and event loop, and turns results into OpenAI bodies or server-sent events.
-There is no hop between the HTTP request and the engine: an engine that batches (vLLM's
-continuous batching, the transformers engine's queue) sees every concurrent request as it
-arrives, and a stream is the engine's own stream.
+It refuses a body over the limit (serve/body_limit), checks the API key, validates the
+request (serve/openai_api), answers `/v1/models` from lineage, admits at most `max_pending`
+requests at once (the rest get a 429 at once, so a burst is refused, not piled up until
+something breaks), runs the request on the `ModelPool` in the same process and event loop,
+and turns results into OpenAI bodies or server-sent events. There is no hop between the HTTP
+request and the engine: an engine that batches (vLLM's continuous batching, the transformers
+engine's queue) sees every concurrent request as it arrives, and a stream is the engine's own
+stream.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from germline.engines.sampling import RequestParams
+from germline.serve.body_limit import BodyLimit
 from germline.serve.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -52,66 +54,6 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 def _event(payload: dict) -> str:
     """One server-sent event."""
     return f"data: {json.dumps(payload)}\n\n"
-
-
-class _BodyLimit:
-    """An ASGI middleware that refuses a request body over the server's `max_body_bytes`
-    with a 400 naming the limit: from its Content-Length before reading anything, or, for a
-    chunked body, as soon as the bytes received pass the limit (so at most the limit is
-    ever held in memory)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        limit = self.limit
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"").decode()
-        if declared.isdigit():
-            if int(declared) > limit:
-                await self._refuse(scope, limit, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        # No length given (a chunked upload): read it here, at most `limit` bytes, then hand
-        # the app the body it would have read (whose own error would not name the limit).
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: nothing to answer
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                await self._refuse(scope, limit, send)
-                return
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(scope: dict, limit: int, send: Any) -> None:
-        refusal = _error(400, f"the request body is over {limit} bytes (the server's limit)")
-        await refusal(scope, _no_body, send)
-
-
-async def _no_body() -> dict:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class _Admission:
@@ -183,7 +125,7 @@ async def _sse(
 def build_api(pool: ModelPool, settings: ServeSettings) -> FastAPI:
     """The app over `pool`; every handler runs on the loop the app is served on."""
     api = FastAPI(title="germline", docs_url=None, redoc_url=None, openapi_url=None)
-    api.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    api.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     admission = _Admission(settings.max_pending)
     expected = f"Bearer {settings.api_key}".encode() if settings.api_key is not None else None
 

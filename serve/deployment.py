@@ -29,12 +29,13 @@ START_TIMEOUT_S = 120
 
 @serve.deployment(health_check_period_s=2, health_check_timeout_s=30)
 class ModelServer:
-    def __init__(self, settings: ServeSettings, handoff: str) -> None:
+    def __init__(self, settings: ServeSettings, handoff: str, node_ip: str) -> None:
         import uvicorn
 
         from germline.serve.app import build_api
         from germline.serve.pool import ModelPool
 
+        bind_handle_server_to(node_ip)
         self.pool = ModelPool(settings)
         config = uvicorn.Config(
             build_api(self.pool, settings),
@@ -81,4 +82,34 @@ def build_app(settings: ServeSettings, handoff: str, node_ip: str) -> Any:
     holding the listening socket)."""
     resources = {"num_cpus": settings.pool_cpus, "num_gpus": settings.pool_gpus,
                  "resources": {f"node:{node_ip}": 0.001}}  # fmt: skip
-    return ModelServer.options(ray_actor_options=resources).bind(settings, handoff)
+    return ModelServer.options(ray_actor_options=resources).bind(settings, handoff, node_ip)
+
+
+def bind_handle_server_to(host: str) -> None:
+    """Make this replica's handle server listen on `host` (the node's Ray address: 127.0.0.1
+    on the embedded Ray) instead of every interface.
+
+    Serve 2.60 starts a gRPC server in every replica for calls from other deployments' handles
+    and binds it to `[::]:0` (all interfaces, a fresh port) after the replica's constructor
+    returns, with no setting to say where (ray-project/ray#64544 asks for one). Nothing calls
+    germline's replica through a handle, but the port was open to the network: it answers
+    UNAUTHENTICATED to a call without the embedded Ray's token, and on a cluster without
+    token auth it would unpickle what a caller sends. Serve looks the binding function up in
+    its replica module when it starts the server, so wrapping that function here, in the
+    replica's own process before the server starts, puts the port where the node's other Ray
+    sockets are. tests/test_serve.py lists every listening socket once Serve reports the
+    replica RUNNING; a Ray upgrade that renames the function fails here, not silently."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "germline_host", None) == host:
+        return
+    shown = f"[{host}]" if ":" in host else host
+
+    def bind_on_host(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{shown}:{address.rsplit(':', 1)[1]}"
+        return bind(server, address)
+
+    bind_on_host.germline_host = host  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = bind_on_host

@@ -34,6 +34,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening_sockets(pid: int) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of process `pid` and all
+    its descendants (a process that ends while it is looked at is passed over)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name, conns = proc.name(), proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
 def require_vllm() -> None:
     """For the vLLM test modules: where the run promises vLLM (GERMLINE_REQUIRE_VLLM=1, as
     `make test-vllm` sets), a missing or broken vLLM fails the run; elsewhere (the main

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import stop_ray_start
+from conftest import LOOPBACK, stop_ray_start
 
 PROBE = (
     "import ray\n"
@@ -82,8 +82,6 @@ LISTENING = (
     "serve.shutdown()\n"
     "ray.shutdown()\n"
 )
-
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _env(ray_tmpdir: Path, **extra: str) -> dict[str, str]:
