@@ -53,6 +53,7 @@ def ray_head() -> Iterator[dict]:
     env.pop("RAY_ADDRESS", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "2"  # Serve's detached actors never drain
+    env["RAY_worker_niceness"] = "0"  # as germline's embedded Ray (pipelines/cluster.py)
     token = secrets.token_hex(32)
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     env.pop("RAY_AUTH_TOKEN_PATH", None)

@@ -186,6 +186,7 @@ class RayCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": secrets.token_hex(32),
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",  # no 30 s drain at teardown
+            "RAY_worker_niceness": "0",  # as germline's embedded Ray (pipelines/cluster.py)
         })  # fmt: skip
         self.env = env
         self.nodes: list[subprocess.Popen] = []
