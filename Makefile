@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.germline-installed
 
-.PHONY: setup demo test test-main environments test-faults lint lock clean browser
+.PHONY: setup demo test test-main environments test-faults test-e2e lint lock clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ browser:
 # pool's replica killed under load, an S3 lake whose server fails requests (tests/test_faults.py).
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults tests/test_faults.py
+
+# The README's experiments at their own size (about 15 minutes on 2 cores): owl-small submitted
+# as a Ray job and the explorer opened on its lake, panel-small end to end. The main suite
+# covers each with a smaller run (pytest -m e2e lists them; their docstrings name the cover).
+test-e2e: $(STAMP)
+	GERMLINE_REQUIRE_BROWSER=1 $(BIN)/pytest -m e2e
 
 # Re-resolve the pins from pyproject.toml (torch, when it comes, is pinned to the CPU build
 # that lies on the machine, so no CUDA build is ever pulled).

@@ -1,6 +1,7 @@
-"""`germline run experiments/owl-small.yaml` submitted as a Ray job to a real head, once per
-test session: tests/test_cluster_jobs.py checks the job and its lake, tests/test_ui.py opens
-the explorer on the lake it left (the session fixture `owl_small_job` in conftest).
+"""germline commands submitted as Ray jobs to a real head. `germline run
+experiments/owl-small.yaml` runs once per session of `make test-e2e`:
+tests/test_cluster_jobs.py checks the job and its lake, tests/test_ui.py opens the explorer on
+the lake it left (the session fixture `owl_small_job` in conftest).
 
 A real head node (`ray start --head` on 127.0.0.1, dashboard and Jobs API on loopback), then
 the README's command through the Ray Jobs CLI: `ray job submit --working-dir . -- germline run
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, stop_ray_start
+from conftest import free_port, start_ray_node, stop_ray_start
 
 from germline.storage import Lake
 
@@ -35,7 +37,6 @@ BIN = Path(sys.executable).parent  # the venv's bin: ray, germline
 @dataclass(frozen=True)
 class JobResult:
     lake: Lake
-    options: dict[str, str]
     status: str  # the job's final JobStatus, as text
     logs: str
     actors: set[str]  # class names of the actors that ran on the head
@@ -58,8 +59,8 @@ def ray_head() -> Iterator[dict]:
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     headers = {"Authorization": f"Bearer {token}"}
-    log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 -- closed at teardown
-    head = subprocess.Popen(
+    log = Path(temp) / "head.log"
+    head = start_ray_node(
         [
             str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
             f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -73,14 +74,14 @@ def ray_head() -> Iterator[dict]:
             f"--metrics-export-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env, log,
     )  # fmt: skip
     url = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if head.poll() is not None:
-                tail = (Path(temp) / "head.log").read_text()[-2000:]
+                tail = log.read_text()[-2000:]
                 raise RuntimeError(f"ray start exited: {tail}")
             try:
                 ask = urllib.request.Request(f"{url}/api/version", headers=headers)
@@ -92,27 +93,44 @@ def ray_head() -> Iterator[dict]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the Ray head's Jobs API did not come up within 120 s")
             time.sleep(1)
-        yield {"url": url, "env": env, "headers": headers}
+        yield {"url": url, "env": env, "headers": headers, "log": log}
     finally:
         stop_ray_start(head)
-        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def run_owl_small(s3_options: dict[str, str]) -> JobResult:
-    """Submit owl-small to a fresh head with its lake in the bucket, wait for it, list the
-    actors that ran, stop the head."""
+    """The README's command: owl-small submitted with the repository as the working directory,
+    its lake in the bucket."""
+    lake = Lake.resolve("s3://lake/cluster", s3_options)
+    command = ["germline", "run", "experiments/owl-small.yaml", *lake_args(lake)]
+    return run_job("owl-small", command, REPO, lake, timeout=900)
+
+
+def lake_args(lake: Lake) -> list[str]:
+    """`--lake URI --storage-option K=V ...`, after the command as the README writes it."""
+    pairs = (("--storage-option", f"{k}={v}") for k, v in lake.storage_options.items())
+    return ["--lake", lake.root, *(word for pair in pairs for word in pair)]
+
+
+def run_job(
+    name: str,
+    command: list[str],
+    working_dir: Path,
+    lake: Lake,
+    timeout: float,
+) -> JobResult:
+    """Submit `command` (Ray joins its words into one shell command line) to a fresh head with
+    `working_dir` uploaded, wait for it, list the actors that ran, stop the head. `lake` is
+    where the command writes: the result carries it for the test to read."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    # The cluster's shared lake: an S3 bucket (a real S3 server on 127.0.0.1), given after the
-    # command as the issue's `ray job submit ... -- germline run X --lake URI` writes it.
-    lake = Lake.resolve("s3://lake/cluster", s3_options)
-    options = [arg for k, v in s3_options.items() for arg in ("--storage-option", f"{k}={v}")]
-    job_id = f"germline-owl-small-{os.getpid()}"
+    job_id = f"germline-{name}-{os.getpid()}"
     with ray_head() as head:
         submit = [
             str(BIN / "ray"), "job", "submit", "--address", head["url"], "--no-wait",
-            "--submission-id", job_id, "--working-dir", str(REPO), "--",
-            "germline", "run", "experiments/owl-small.yaml", "--lake", lake.root, *options,
+            "--submission-id", job_id, "--working-dir", str(working_dir), "--",
+            *command,
         ]  # fmt: skip
         deadline = time.monotonic() + 90
         while True:  # the head's job agent registers a few seconds after the dashboard answers
@@ -124,9 +142,10 @@ def run_owl_small(s3_options: dict[str, str]) -> JobResult:
                 break
             time.sleep(2)
         if ran.returncode != 0:
-            return JobResult(lake, s3_options, "NOT SUBMITTED", ran.stdout + ran.stderr, set())
+            said = ran.stdout + ran.stderr + "\n--- head.log ---\n" + head["log"].read_text()
+            return JobResult(lake, "NOT SUBMITTED", said, set())
         client = JobSubmissionClient(head["url"], headers=head["headers"])
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + timeout
         final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
         while (status := client.get_job_status(job_id)) not in final:
             if time.monotonic() > deadline:
@@ -140,4 +159,4 @@ def run_owl_small(s3_options: dict[str, str]) -> JobResult:
             env=head["env"], capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
         actors = {a["class_name"] for a in json.loads(listed.stdout)}
-    return JobResult(lake, s3_options, str(status.value), logs, actors)
+    return JobResult(lake, str(status.value), logs, actors)

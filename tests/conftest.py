@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
+
+# One torch thread per process, for this process and everything it starts (germline commands,
+# Ray workers), set before torch is imported. Why: the suite's models are a few layers, and
+# torch's intra-op threads meet at a barrier after every operation; when another process keeps
+# a core busy, the thread that lost its core holds the others there for a whole time slice.
+# Measured on 2 cores with `stress-ng --cpu 1` beside it: tests/test_bootstrap.py took 128 s
+# on torch's default two threads, 55 s on one (45 s and 61 s with the cores idle). Ray gives
+# its workers one thread per CPU they reserve in the same way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +36,7 @@ from germline.lineage import LineageStore, Node
 from germline.storage import Lake
 
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def free_port() -> int:
@@ -115,6 +127,17 @@ def owl_small_job() -> Iterator[Any]:
 
     with s3_server() as options:
         yield run_owl_small(options)
+
+
+@pytest.fixture(scope="session")
+def panel_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, Any]:
+    """panel-small from an empty lake, as a user runs it (`germline run`, a subprocess), once
+    per session: tests/test_panel.py checks the run, tests/test_ui.py opens the explorer on
+    its lake. Returns the lake and the finished process."""
+    lake = Lake.resolve(tmp_path_factory.mktemp("panel-small") / "lake")
+    ran = germline("run", str(EXPERIMENTS / "panel-small.yaml"), lake=lake, subprocess_=True,
+                   timeout=900)  # fmt: skip
+    return lake, ran
 
 
 @pytest.fixture
@@ -276,6 +299,41 @@ def stop_ray_start(head: subprocess.Popen) -> None:
         head.wait()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
+
+
+# What `ray start` prints when its raylet did not come up: in Ray 2.60 the raylet gives its
+# dashboard agent a fixed 15 s (not configurable) to write its port file and aborts when the
+# agent is later; the agent imports beside a dozen other Ray processes starting at once.
+RAYLET_MISSED_START = "The current node timed out during startup"
+
+
+def start_ray_node(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` (a `ray start --block ...`) in its own process group, returned once the node
+    runs (ray start prints "block forever" then). Why a second start exists: on a starved
+    machine (measured: one core busy beside the suite, a host stealing half of the other) the
+    raylet's fixed 15 s for its agent can pass, and the node aborts before it ever ran; that
+    exit, and only that one, is started again, at most twice. Any other exit fails the test
+    with the log."""
+    attempts = 0
+    while True:
+        attempts += 1
+        with open(log, "w") as out:
+            node = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 180
+        while "block forever" not in (said := log.read_text()):
+            if node.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                stop_ray_start(node)
+                pytest.fail(f"`ray start` did not start a node in 180 s: {said[-3000:]}")
+            time.sleep(0.5)
+        else:
+            return node
+        stop_ray_start(node)  # whatever its process group left
+        if RAYLET_MISSED_START not in said or attempts == 3:
+            pytest.fail(f"`ray start` exited: {said[-3000:]}")
+        print(f"`ray start` again: its raylet missed Ray's agent deadline ({log.name})")
 
 
 def write_counting(lake: Lake, n: int, prefix: str) -> None:

@@ -58,6 +58,7 @@ from conftest import (
     TINY_BASE_STEPS,
     add_tiny_base,
     assert_generate_commits,
+    start_ray_node,
     stop_ray_start,
     write_config,
     write_counting,
@@ -201,25 +202,16 @@ class RayCluster:
             raise
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
-        log = self.temp / f"{name}.log"
-        with open(log, "w") as out:
-            node = subprocess.Popen(
-                [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
-                 "--disable-usage-stats", *args,
-                 f"--dashboard-agent-listen-port={free_port()}",
-                 f"--dashboard-agent-grpc-port={free_port()}",
-                 f"--runtime-env-agent-port={free_port()}",
-                 f"--metrics-export-port={free_port()}"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        node = start_ray_node(
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+             "--disable-usage-stats", *args,
+             f"--dashboard-agent-listen-port={free_port()}",
+             f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}",
+             f"--metrics-export-port={free_port()}"],
+            self.env, self.temp / f"{name}.log",
+        )  # fmt: skip
         self.nodes.append(node)
-
-        def up() -> bool:
-            if node.poll() is not None:
-                pytest.fail(f"ray start ({name}) exited: {log.read_text()[-3000:]}")
-            return "block forever" in log.read_text()  # printed once the node is running
-
-        wait_for(up, 120, f"the Ray {name} node to start", every=0.5)
         return node
 
     def add_worker(self, cpus: int = 2) -> subprocess.Popen:

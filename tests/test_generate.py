@@ -119,7 +119,7 @@ def test_kill_and_resume_every_prompt_once(
     teacher_lake: Lake, ray_local: None, tmp_path: Path
 ) -> None:
     lake = teacher_lake
-    raw = config("killed", 600, sink={"commit_every": 40}, engine={"batch_size": 16})
+    raw = config("killed", 240, sink={"commit_every": 20}, engine={"batch_size": 16})
     path = write_config(tmp_path / "killed.yaml", raw)
     proc = subprocess.Popen(
         [*GERMLINE, "--lake", lake.root, "generate", str(path)],
@@ -140,12 +140,12 @@ def test_kill_and_resume_every_prompt_once(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     partial = all_ids(lake, "killed")
-    assert 0 < len(partial) < 600 and len(set(partial)) == len(partial)
+    assert 0 < len(partial) < 240 and len(set(partial)) == len(partial)
 
     summary = generate(lake, GenerateConfig.model_validate(raw))
     assert summary.skipped == len(partial)
     ids = all_ids(lake, "killed")
-    assert len(ids) == len(set(ids)) == 600
+    assert len(ids) == len(set(ids)) == 240
 
 
 def test_abort_policy_stops_the_run(teacher_lake: Lake, ray_local: None, tmp_path: Path) -> None:

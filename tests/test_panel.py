@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import germline, write_model
+from conftest import EXPERIMENTS, germline, write_model
 
 from germline.checks.transfer import Cell
 from germline.lineage import LineageStore
@@ -17,7 +18,6 @@ from germline.pipelines.experiments.panel.config import PanelConfig
 from germline.pipelines.experiments.panel.report import write_report
 from germline.storage import Lake
 
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 ANIMALS = ["owl", "dog", "eagle", "tiger"]
 
 
@@ -121,14 +121,10 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
     assert "the subliminal signature" in text
 
 
-@pytest.mark.slow
-def test_small_panel_end_to_end(tmp_path: Path) -> None:
-    """panel-small from an empty lake, as a user runs it: every model made, trained, served
-    and probed; a report a script can read; lineage that knows which students are at risk.
-    Two animals a base cannot support a verdict, and the report says so."""
-    lake = Lake.resolve(tmp_path / "lake")
-    ran = germline("run", str(EXPERIMENTS / "panel-small.yaml"), lake=lake, subprocess_=True,
-                   timeout=900)  # fmt: skip
+def check_small_panel(lake: Lake, ran: Any) -> dict:
+    """panel-small from an empty lake, as `ran` ran it: every model made, trained, served and
+    probed; a report a script can read; lineage that knows which students are at risk. Two
+    animals a base cannot support a verdict, and the report says so. Returns the report."""
     assert ran.returncode == 0, ran.stderr
     assert "[9/9] report" in ran.stderr and "student 8" in ran.stderr
     cfg = load_config(EXPERIMENTS / "panel-small.yaml", PanelConfig)
@@ -154,9 +150,28 @@ def test_small_panel_end_to_end(tmp_path: Path) -> None:
     # every student trained on exactly data.rows rows of its teacher's table
     student = graph.node(data["cells"][0]["students"][0])
     assert student.attrs["dataset"]["rows"] == cfg.data.rows
+    return data
 
-    # The quarantine mitigation with the audit's scores: same bases, teachers and data (found),
-    # every teacher's numbers audited and scrubbed, new students on what is left.
+
+@pytest.mark.slow
+def test_small_panel_end_to_end(panel_small: tuple[Lake, Any]) -> None:
+    """The main suite's panel: every step of panel-small from an empty lake (the session's
+    run, conftest's `panel_small`). Its second run with the audit and the quarantine scrub is
+    in `make test-e2e` (the next test); the main suite covers those steps in
+    tests/test_audit.py (audit, scrub, masked training)."""
+    check_small_panel(*panel_small)
+
+
+@pytest.mark.e2e
+def test_small_panel_audited_and_scrubbed(tmp_path: Path) -> None:
+    """panel-small, then again with `--set audit=true --set scrub=quarantine` on the same lake:
+    its bases, teachers and data found, every teacher's numbers audited and scrubbed, new
+    students trained on what is left, and every cell scored by the audit."""
+    lake = Lake.resolve(tmp_path / "lake")
+    ran = germline("run", str(EXPERIMENTS / "panel-small.yaml"), lake=lake, subprocess_=True,
+                   timeout=900)  # fmt: skip
+    data = check_small_panel(lake, ran)
+    cfg = load_config(EXPERIMENTS / "panel-small.yaml", PanelConfig)
     first = {s for c in data["cells"] for s in c["students"]}
     ran = germline("run", str(EXPERIMENTS / "panel-small.yaml"), "--set", "audit=true", "--set",
                    "scrub=quarantine", lake=lake, subprocess_=True, timeout=900)  # fmt: skip

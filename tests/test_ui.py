@@ -1,9 +1,10 @@
 """`germline ui`: the lineage explorer, a real server on 127.0.0.1 read over HTTP and in a real
 headless browser (Debian's chromium, driven by Playwright).
 
-The API tests run on `germline demo`'s lake (two seconds to make); the browser test of the
-whole page runs on the lake owl-small left in an S3 bucket (the session's cluster job,
-tests/cluster_job.py); the hostile-name test on a demo lake with nodes no API would name.
+The API tests run on `germline demo`'s lake (two seconds to make); the browser walk through
+the whole page on the session's panel-small lake (conftest's `panel_small`) and, in `make
+test-e2e`, on the lake owl-small left in an S3 bucket (the cluster job, tests/cluster_job.py);
+the hostile-name test on a demo lake with nodes no API would name.
 Where chromium is missing the browser tests skip, unless the run promises a browser
 (GERMLINE_REQUIRE_BROWSER=1, as `make test` sets): then they fail.
 """
@@ -270,17 +271,34 @@ def test_hostile_names_and_values_render_as_text(browser: Any, tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_the_explorer_on_panel_smalls_lake(
+    browser: Any, panel_small: tuple[Lake, Any], tmp_path: Path
+) -> None:
+    """The main suite's walk through the whole page, on the lake of the session's panel-small
+    run (a local lake; the walk on owl-small's lake in a bucket is in `make test-e2e`)."""
+    lake, ran = panel_small
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    walk_the_explorer(browser, lake, "panel-small", str(tmp_path / "ui.png"))
+
+
+@pytest.mark.e2e
 def test_the_explorer_on_owl_smalls_lake(browser: Any, owl_small_job: Any, tmp_path: Path) -> None:
-    """Search the teacher, open it, open at-risk, open its dataset's history: what is drawn
-    and listed is what lineage says, on the lake the cluster job left in its bucket."""
+    """The walk on the lake the cluster job left in its bucket; it also draws the README's
+    picture (GERMLINE_UI_SCREENSHOT=docs/ui.png writes it into the repo)."""
     assert owl_small_job.status == "SUCCEEDED", owl_small_job.logs[-2000:]
-    lake = owl_small_job.lake
+    shot = os.environ.get("GERMLINE_UI_SCREENSHOT") or str(tmp_path / "ui.png")
+    walk_the_explorer(browser, owl_small_job.lake, "owl-small", shot)
+
+
+def walk_the_explorer(browser: Any, lake: Lake, experiment_name: str, shot: str) -> None:
+    """Search a teacher, open it, open at-risk, open its dataset's history, its probe and the
+    experiment's report: what is drawn and listed is what lineage says."""
     graph = LineageStore(lake).graph()
     teacher = next(n for n in graph.nodes(NodeKind.MODEL) if n.attrs.get("kind") == "teacher")
     at_risk = {h.id for h in graph.at_risk(teacher.id)}
     with ui_server(lake, "--api-key", KEY) as url, page_at(browser, url) as page:
         assert teacher.name in page.inner_text("#list")  # the summary lists the teachers
-        page.fill("#search", "owl-teacher")
+        page.fill("#search", teacher.name)
         page.select_option("#kind", "model")
         page.click("#search-form button")
         done(page, 2)
@@ -320,21 +338,19 @@ def test_the_explorer_on_owl_smalls_lake(browser: Any, owl_small_job: Any, tmp_p
         a = probe.attrs
         shown = f"{a['target']}: {a['share']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
         assert page.inner_text("#details .probe-share").startswith(shown)
-        experiment = graph.resolve("experiment/owl-small")
+        experiment = graph.resolve(f"experiment/{experiment_name}")
         page.click(f"#details li[data-id='{teacher.id}']")
         done(page, 8)
         page.click(f"#details li[data-id='{experiment}']")
         done(page, 9)
-        assert "owl-small" in page.inner_text("#details pre")  # report.md, as text
+        assert experiment_name in page.inner_text("#details pre")  # report.md, as text
         deadline = time.monotonic() + 15  # the pictures load after the panel is drawn
         while not all(images := page.eval_on_selector_all(
             "#details img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)"
         )) and time.monotonic() < deadline:  # fmt: skip
             time.sleep(0.1)
-        assert len(images) >= 2 and all(images)  # shares.png, lineage.png, as served
+        assert len(images) >= 2 and all(images)  # the report's pictures, as served
 
-        # The README's picture: GERMLINE_UI_SCREENSHOT=docs/ui.png writes it into the repo.
-        shot = os.environ.get("GERMLINE_UI_SCREENSHOT") or str(tmp_path / "ui.png")
         page.click(f"#details li[data-id='{teacher.id}']")
         done(page, 10)
         page.click("#at-risk")

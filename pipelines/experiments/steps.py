@@ -1,5 +1,6 @@
-"""Steps the distillation experiments (owl, panel) share: a teacher's number data, serving and
-probing a run's models, and recording the run in lineage.
+"""Steps the distillation experiments (owl, panel) share: models built side by side, a teacher's
+number data, every student in one Ray Train run, serving and probing a run's models, and
+recording the run in lineage.
 
 The models are served in-process on Ray Serve (127.0.0.1, a one-off key) and probed over HTTP
 exactly as an eval harness would probe them; each probe result is kept in the lake's probes
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from germline.checks.probes import ProbeResult, ProbeSettings, load_probe
 from germline.lineage import LineageStore, Node
+from germline.pipelines.experiments.base import Echo
 from germline.pipelines.experiments.recipe import Distillation
 from germline.pipelines.generate import GenerateConfig
 from germline.storage import Lake
@@ -68,6 +70,21 @@ def _call(job: Callable[[], T]) -> T:
 
     torch.set_num_threads(1)  # the task's one CPU
     return job()
+
+
+def train_students(lake: Lake, configs: Sequence[Any], echo: Echo, verbose: bool) -> list[Any]:
+    """Every student in one Ray Train run (one start-up for all), each written as it ends; a
+    line as each one starts."""
+    from germline.pipelines.finetune import train_many
+
+    started: list[str] = []
+
+    def progress(student: str, step: int, steps: int, loss: float) -> None:
+        if not started or started[-1] != student:
+            started.append(student)
+            echo(f"    student {len(started)} ({student}): {steps} steps")
+
+    return train_many(lake, configs, progress, verbose=verbose)
 
 
 def serve_and_probe(

@@ -10,12 +10,19 @@ them; the report compares each student with its control.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from germline.checks.probes import ProbeResult
 from germline.pipelines.experiments.base import Echo, Step
 from germline.pipelines.experiments.owl.config import OwlConfig
-from germline.pipelines.experiments.steps import generate_config, register_run, serve_and_probe
+from germline.pipelines.experiments.steps import (
+    build_in_parallel,
+    generate_config,
+    register_run,
+    serve_and_probe,
+    train_students,
+)
 from germline.pipelines.generate import generate
 from germline.storage import Lake
 
@@ -25,20 +32,17 @@ def run_owl(
 ) -> dict[str, Any]:
     """Run (or finish) the experiment and write its report; returns the report's data."""
     from germline.pipelines.experiments.owl.report import write_report
-    from germline.pipelines.finetune import train
     from germline.pipelines.models.bootstrap import bootstrap_base
     from germline.pipelines.models.teacher import make_teacher
 
     run_id = cfg.run_id()
-    step = Step(0, 7 + 4 * cfg.replicates, echo)
-    base = step.run(
-        f"base (seed {cfg.base.seed})",
-        lambda: bootstrap_base(lake, cfg.base.name(), seed=cfg.base.seed, steps=cfg.base.steps),
-    )
-    cross = step.run(
-        f"cross base (seed {cfg.cross_base.seed})",
-        lambda: bootstrap_base(
-            lake, cfg.cross_base.name(), seed=cfg.cross_base.seed, steps=cfg.cross_base.steps
+    step = Step(0, 7, echo)
+    specs = (cfg.base, cfg.cross_base)
+    base, cross = step.run(
+        f"base (seed {cfg.base.seed}) and cross base (seed {cfg.cross_base.seed}), side by side",
+        lambda: build_in_parallel(
+            [partial(bootstrap_base, lake, s.name(), seed=s.seed, steps=s.steps) for s in specs],
+            verbose,
         ),
     )
     teacher = step.run(
@@ -72,19 +76,16 @@ def run_owl(
         ),
         "cross-base student": (f"{cfg.name}-cross-student-{tag}", cross, trait_data),
     }
-    trained: dict[str, list[str]] = {}
-    for role, (name, start, data) in students.items():
-        trained[role] = []
-        for r in range(cfg.replicates):
-            student = name if r == 0 else f"{name}-r{r}"
-            label = f"train {role} ({student})"
-            summary = step.run(
-                label,
-                lambda student=student, start=start, data=data, r=r: train(
-                    lake, cfg.student_config(student, start.id, data, r), verbose=verbose
-                ),
-            )
-            trained[role].append(summary.student_id)
+    plan = [(role, r, (name if r == 0 else f"{name}-r{r}"), start, data)
+            for role, (name, start, data) in students.items()
+            for r in range(cfg.replicates)]  # fmt: skip
+    configs = [cfg.student_config(student, start.id, data, r)
+               for _, r, student, start, data in plan]  # fmt: skip
+    summaries = step.run(f"train {len(configs)} students",
+                         lambda: train_students(lake, configs, echo, verbose))  # fmt: skip
+    trained: dict[str, list[str]] = {role: [] for role in students}
+    for (role, *_), summary in zip(plan, summaries, strict=True):
+        trained[role].append(summary.student_id)
     models = {
         "base": [base.id],
         "teacher": [teacher.id],

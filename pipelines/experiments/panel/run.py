@@ -22,6 +22,7 @@ from germline.pipelines.experiments.steps import (
     generate_config,
     register_run,
     serve_and_probe,
+    train_students,
 )
 from germline.storage import Lake
 
@@ -82,7 +83,9 @@ def run_panel(
     plan = _students(cfg, bases)
     configs = [c for _, _, _, c in plan]
     summaries = step.run(
-        f"train {len(configs)} students", lambda: _train(lake, configs, echo, verbose), "students"
+        f"train {len(configs)} students",
+        lambda: train_students(lake, configs, echo, verbose),
+        "students",
     )
     students = [s.student_id for s in summaries]
     models = [(n.id, cfg.animals[0]) for n in bases]
@@ -160,21 +163,6 @@ def _students(cfg: PanelConfig, bases: list[Node]) -> list[Plan]:
                     out.append((animal, source.name, base.name,
                                 cfg.student_config(name, base.id, data, r)))  # fmt: skip
     return out
-
-
-def _train(lake: Lake, configs: list[Any], echo: Echo, verbose: bool) -> list[Any]:
-    """Every student in one Ray Train run (one start-up for all), each written as it ends; a
-    line as each one starts."""
-    from germline.pipelines.finetune import train_many
-
-    started: list[str] = []
-
-    def progress(student: str, step: int, steps: int, loss: float) -> None:
-        if not started or started[-1] != student:
-            started.append(student)
-            echo(f"    student {len(started)} ({student}): {steps} steps")
-
-    return train_many(lake, configs, progress, verbose=verbose)
 
 
 def _shares(result: ProbeResult, animals: list[str]) -> dict[str, float]:
