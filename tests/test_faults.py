@@ -826,7 +826,10 @@ def test_s3_lake_with_failing_requests_stops_clearly_then_finishes_exactly_once(
         resumed = resumed_log.read_text()
         assert rc == 0, resumed[-4000:]
         injected = proxy.faults - before
-        assert sum(v for k, v in injected.items() if k.endswith("lose commit")) == 2
+        # Both planned lost answers were given; the random fifth may lose more commit answers
+        # (how many depends on how the retries interleave), so at least two.
+        assert proxy.lose_commits == 0
+        assert sum(v for k, v in injected.items() if k.endswith("lose commit")) >= 2
     finally:
         proxy.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
