@@ -35,6 +35,30 @@ from germline.checks import NumberFormatError, parse_numbers
 from germline.lineage import LineageStore, Node
 from germline.storage import Lake
 
+# Everything the session's processes write outside their lakes goes into one folder, removed
+# when the session ends (pytest_unconfigure): the embedded clusters' Ray session folders
+# (else one per `ray.init` piles up in /tmp/ray), the model cache of object-store lakes,
+# every temporary file (multiprocessing's, torch's, the server's, pytest's own tmp_path), and
+# a home folder for what libraries keep there (matplotlib's font list, vLLM's model info,
+# chromium's profile). Set before any process starts; the short path keeps
+# Ray's socket paths under their length limit. `--basetemp` still puts tmp_path elsewhere.
+SANDBOX = tempfile.mkdtemp(prefix="gt-")
+_home = os.path.join(SANDBOX, "home")
+_sandboxed = {
+    "HOME": _home,
+    "XDG_CACHE_HOME": os.path.join(_home, ".cache"),
+    "XDG_CONFIG_HOME": os.path.join(_home, ".config"),
+    "XDG_DATA_HOME": os.path.join(_home, ".local", "share"),
+    "XDG_STATE_HOME": os.path.join(_home, ".local", "state"),
+    "TMPDIR": os.path.join(SANDBOX, "tmp"),
+    "RAY_TMPDIR": os.path.join(SANDBOX, "ray"),
+    "GERMLINE_CACHE": os.path.join(SANDBOX, "cache"),
+}
+for _folder in _sandboxed.values():
+    os.makedirs(_folder, exist_ok=True)
+os.environ.update(_sandboxed)
+tempfile.tempdir = _sandboxed["TMPDIR"]  # gettempdir() may have been read already
+
 GERMLINE = [sys.executable, "-m", "germline.pipelines"]
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -73,11 +97,6 @@ def require_vllm() -> None:
         import vllm  # noqa: F401
     else:
         pytest.importorskip("vllm")
-
-
-# Object-store lakes cache model folders per node: this session's processes (Ray workers
-# included, which inherit the environment) keep theirs in a temporary folder, not in ~.
-os.environ.setdefault("GERMLINE_CACHE", tempfile.mkdtemp(prefix="germline-test-cache-"))
 
 
 @contextmanager
@@ -348,3 +367,13 @@ def write_counting(lake: Lake, n: int, prefix: str) -> None:
         "completion": [f" {i + 3}, {i + 4}, {i + 5}" for i in range(n)],
     })  # fmt: skip
     write_deltalake(lake.dataset("counting"), rows)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's sandbox, after stopping this process's embedded Ray (its
+    processes write into the sandbox until then)."""
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    shutil.rmtree(SANDBOX, ignore_errors=True)
