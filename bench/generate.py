@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from germline.lineage import LineageStore
 from germline.pipelines.generate import GenerateConfig, GenerateSummary, generate
 from germline.pipelines.generate.sink import DatasetSink
-from germline.pipelines.generate.stages import ChecksStage, request_seed
+from germline.pipelines.generate.stages import JOB_COLUMN, ChecksStage, request_seed, with_job
 from germline.storage import Lake
 
 GEN_TARGET = 0.9
@@ -214,10 +214,10 @@ def post_rows(lake: Lake, dataset: str, n: int) -> pa.Table:
 def post_processing(cfg: GenerateConfig, rows: pa.Table, batch: int, workdir: Path) -> dict:
     from germline.pipelines.generate.pipeline import _merge, _split
 
-    stage = ChecksStage(
-        cfg.filters.model_dump(mode="json"), cfg.expectations.model_dump(mode="json")
-    )
-    stage(rows.slice(0, min(64, rows.num_rows)))  # warm-up: first GX validation compiles
+    checks = {"filters": cfg.filters.model_dump(mode="json"),
+              "expectations": cfg.expectations.model_dump(mode="json")}  # fmt: skip
+    stage = ChecksStage([checks])
+    stage(with_job(rows.slice(0, min(64, rows.num_rows)), 0))  # warm-up: GX compiles
     batches = [rows.slice(i, batch) for i in range(0, rows.num_rows, batch)]
 
     start = time.perf_counter()
@@ -231,7 +231,8 @@ def post_processing(cfg: GenerateConfig, rows: pa.Table, batch: int, workdir: Pa
     checks_s = sink_s = 0.0
     for b in batches:
         t = time.perf_counter()
-        accepted, rejected, summaries = _split([stage(b)])
+        checked = stage(with_job(b, 0)).drop_columns([JOB_COLUMN])  # the pipeline's one job
+        accepted, rejected, summaries = _split([checked])
         checks_s += time.perf_counter() - t
         t = time.perf_counter()
         sink.write(accepted, rejected, {"germline.expectations": _merge(summaries)})

@@ -51,6 +51,11 @@ class Engine(Protocol):
 class EngineKind(Protocol):
     """What a registered engine class offers before it is built."""
 
+    # Whether one worker may drop an engine of this kind and build another on a different
+    # model (the generation pipeline then carries several teachers' jobs through the same
+    # workers); an engine without the attribute gets a pipeline per job.
+    swaps_models: bool
+
     def __call__(self, model_dir: Path, **options: object) -> Engine: ...
 
     @staticmethod

@@ -29,6 +29,9 @@ class TransformersEngine:
     """transformers `generate` on CPU (or a GPU, if torch sees one and `device` says so)."""
 
     name = "transformers"
+    # A worker may drop this engine and load another model: torch frees a CPU model's memory
+    # when the last reference goes, so one generation pipeline can run several teachers.
+    swaps_models = True
 
     @staticmethod
     def check_available() -> None:

@@ -51,6 +51,10 @@ class VLLMEngine:
     """One `vllm.LLM` per engine; `generate` sends a whole batch to it in one call."""
 
     name = "vllm"
+    # One model per worker process: vLLM gives its memory (the GPU's KV cache, its engine
+    # core process) back when the process ends, not when the LLM object goes, so each
+    # teacher gets a pipeline (and workers) of its own.
+    swaps_models = False
 
     @staticmethod
     def check_available() -> None:

@@ -81,30 +81,32 @@ def probe_models(
         return canonical, run_probe(client, canonical, spec, how)
 
     done = []
+    store = LineageStore(lake)  # one store for every result: it keeps the tables' snapshot
     with ThreadPoolExecutor(max(1, min(parallel, len(jobs)))) as pool:
         # in order, each stored as soon as it and those before it are measured: a model that
         # fails costs only its own result
         for (canonical, result), (_, spec) in zip(pool.map(measure, jobs), jobs, strict=True):
-            done.append((result, _record(lake, base_url, canonical, spec, how, result)))
+            done.append((result, _record(store, base_url, canonical, spec, how, result)))
     return done
 
 
 def _record(
-    lake: Lake, base_url: str, canonical: str, spec: ProbeSpec, how: ProbeSettings,
+    store: LineageStore, base_url: str, canonical: str, spec: ProbeSpec, how: ProbeSettings,
     result: ProbeResult,
 ) -> str | None:  # fmt: skip
     """Append the result to the probes table and, for a model in lineage, add its probe node."""
-    store = LineageStore(lake)
+    lake = store.lake
     node_id = None
+    graph = store.graph()
     try:
-        model_id = store.graph().resolve(canonical)
+        model_id = graph.resolve(canonical)
     except UnknownNode:  # a model of another server: stored, not linked
         model_id = None
     made = [canonical, spec.model_dump(), how.method, result.settings, time.time()]
     key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
     if model_id is not None:
         summary = {k: v for k, v in result.to_dict().items() if k != "per_question"}
-        name = f"{spec.name}/{store.graph().node(model_id).name}"
+        name = f"{spec.name}/{graph.node(model_id).name}"
         node = store.register_node(NodeKind.PROBE, name, key, attrs=summary)
         store.link(node.id, model_id, EdgeKind.PROBED)
         node_id = node.id

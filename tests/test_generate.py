@@ -11,12 +11,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import GERMLINE, add_tiny_base, assert_generate_commits, germline, write_config
+from conftest import (
+    GERMLINE,
+    TINY_BASE,
+    add_tiny_base,
+    assert_generate_commits,
+    germline,
+    write_config,
+)
 from deltalake import DeltaTable
 
+from germline.core import InputError
 from germline.lineage import EdgeKind, LineageStore
 from germline.pipelines.config import load_config
-from germline.pipelines.generate import GenerateConfig, generate
+from germline.pipelines.generate import GenerateConfig, generate, generate_many
 from germline.storage import Lake
 
 pytestmark = pytest.mark.slow
@@ -113,6 +121,54 @@ def test_generate_end_to_end(teacher_lake: Lake, ray_local: None) -> None:
     again = generate(lake, cfg)
     assert again.skipped == 520 and again.accepted == again.quarantined == 0
     assert DeltaTable(lake.dataset("owl-numbers")).version() == data.version()
+
+
+def rows_by_prompt(lake: Lake, name: str) -> list[tuple]:
+    """A dataset's rows (both tables) as written, in table order, without the run's id."""
+    out = []
+    for uri in (lake.dataset(name), lake.quarantine(name)):
+        table = DeltaTable(uri).to_pyarrow_table(
+            columns=["prompt_id", "prompt_index", "completion", "teacher_id", "sampling_seed"]
+        )
+        out.append(list(zip(*(c.to_pylist() for c in table.columns), strict=True)))
+    return out
+
+
+def test_jobs_sharing_a_pipeline_write_what_each_writes_alone(
+    teacher_lake: Lake, ray_local: None
+) -> None:
+    """Two teachers' jobs through one pipeline (`generate_many`, as the experiments run their
+    teachers): batches that hold the tail of one job and the head of the next (50 prompts,
+    batches of 16, checks every 20 rows), and still each dataset holds exactly the rows, in
+    the order, that its job writes alone, with its own run, commits and lineage."""
+
+    def job(name: str, teacher: str, count: int) -> GenerateConfig:
+        over = {"teacher": {"model": teacher}, "engine": {"batch_size": 16},
+                "sink": {"commit_every": 20}}  # fmt: skip
+        return GenerateConfig.model_validate(config(name, count, **over))
+
+    together = [job("shared-owl", TEACHER, 50), job("shared-base", TINY_BASE, 30)]
+    alone = [job("alone-owl", TEACHER, 50), job("alone-base", TINY_BASE, 30)]
+    summaries = generate_many(teacher_lake, together)
+    for cfg in alone:
+        generate(teacher_lake, cfg)
+    graph = LineageStore(teacher_lake).graph()
+    for summary, cfg, solo in zip(summaries, together, alone, strict=True):
+        assert summary.dataset == cfg.dataset
+        assert summary.accepted + summary.quarantined == cfg.prompts.count
+        assert rows_by_prompt(teacher_lake, cfg.dataset) == rows_by_prompt(
+            teacher_lake, solo.dataset
+        )
+        data = DeltaTable(teacher_lake.dataset(cfg.dataset))
+        assert assert_generate_commits(data, summary.run_id, summary.teacher_id) >= 1
+        parents = set(graph.parents(summary.dataset_id))
+        assert (summary.teacher_id, EdgeKind.GENERATED_BY) in parents
+    assert summaries[0].teacher_id != summaries[1].teacher_id
+
+    again = generate_many(teacher_lake, together)  # done: found, nothing committed
+    assert [s.skipped for s in again] == [50, 30]
+    with pytest.raises(InputError, match="same dataset: shared-owl"):
+        generate_many(teacher_lake, [together[0], together[0]])
 
 
 def test_kill_and_resume_every_prompt_once(

@@ -181,3 +181,20 @@ def test_unwritable_lake(tmp_path: Path, model_dir: Callable) -> None:
     store = LineageStore(Lake.resolve(tmp_path / "plain-file" / "lake"))
     with pytest.raises(LineageError, match="cannot write"):
         store.register_model("m", model_dir("m", 0))
+
+
+def test_a_kept_snapshot_sees_every_writer(store: LineageStore, model_dir: Callable) -> None:
+    """A store keeps its tables' latest snapshot and rows between calls (lineage/tables.py):
+    what another store (another process) writes meanwhile must still be seen, and its own
+    writes too, with and without another commit in between."""
+    other = LineageStore(store.lake)
+    a = store.register_model("a", model_dir("a", 0))
+    assert other.resolve("a") == a.id  # other keeps a snapshot with a alone
+    b = other.register_model("b", model_dir("b", 1))  # written past store's kept rows
+    assert store.resolve("b") == b.id
+    c = store.register_model("c", model_dir("c", 2), parent="b")  # on the refreshed snapshot
+    assert other.graph().parents(c.id) == [(b.id, "derived_from")]
+    assert store.graph().fingerprint(c.id) == b.weights_hash
+    kept, fresh = (s.nodes_table.read().sort_by("id") for s in (store, LineageStore(store.lake)))
+    assert kept.column("id").to_pylist() == sorted([a.id, b.id, c.id])
+    assert kept.equals(fresh)  # the rows kept after its own commits are the rows read afresh

@@ -7,6 +7,6 @@ Ray Data stages (the teacher's engine, the checks), `sink` the exactly-once Delt
 """
 
 from germline.pipelines.generate.config import GenerateConfig
-from germline.pipelines.generate.pipeline import GenerateSummary, generate
+from germline.pipelines.generate.pipeline import GenerateSummary, generate, generate_many
 
-__all__ = ["GenerateConfig", "GenerateSummary", "generate"]
+__all__ = ["GenerateConfig", "GenerateSummary", "generate", "generate_many"]

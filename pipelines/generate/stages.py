@@ -1,22 +1,30 @@
 """The Ray Data stages of generation: the teacher's engine, and the checks (filters, then
 expectations). Each is a callable class, so Ray builds it once per actor and streams batches
 through it; both take and return pyarrow tables.
+
+One pipeline can carry several jobs (the panel's teachers, each with its own dataset): every
+row carries its job's index in `JOB_COLUMN`, and each stage looks up that job's teacher,
+sampling and checks. A batch may hold the tail of one job and the head of the next (Ray Data
+cuts batches by rows, not by job), so the stages split it by job and keep the rows' order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from germline.core import GermlineError
 from germline.pipelines.generate.sink import QUARANTINE_SCHEMA, ROW_SCHEMA
 from germline.storage import Lake, LakeFolders
 
 SUMMARY_COLUMN = "_expectations"  # the batch's expectation summary, riding along to the sink
+JOB_COLUMN = "_job"  # the row's job: its index in the pipeline's list of jobs
 
 
 def request_seed(seed: int, prompt_id: str) -> int:
@@ -24,56 +32,86 @@ def request_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "big")
 
 
+def by_job(batch: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """A batch's rows job by job, in the order the jobs first appear, without the job column."""
+    jobs = batch.column(JOB_COLUMN)
+    rows = batch.drop_columns([JOB_COLUMN])
+    for job in dict.fromkeys(jobs.to_pylist()):
+        yield job, rows.filter(pc.equal(jobs, job))
+
+
+def with_job(table: pa.Table, job: int) -> pa.Table:
+    return table.append_column(JOB_COLUMN, pa.array([job] * table.num_rows, pa.int32()))
+
+
+def _concat(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables(parts) if parts else with_job(schema.empty_table(), 0)
+
+
 class GenerateStage:
-    """The teacher: one engine per actor, completing a batch of prompts per call."""
+    """The teachers: one engine at a time per actor, completing a batch of prompts per call.
+
+    A job's engine is loaded when its first batch arrives, replacing the last job's: the jobs
+    come in order, so each actor loads each teacher once, and holds one model at a time."""
 
     def __init__(
-        self,
-        model_dir: str,
-        lake: Lake,
-        engine: str,
-        engine_options: dict[str, Any],
-        sampling: dict[str, Any],
-        system_prompt: str | None,
-        run_id: str,
-        teacher_id: str,
+        self, lake: Lake, engine: str, engine_options: dict[str, Any], jobs: list[dict[str, Any]]
     ) -> None:
-        from germline.engines import SamplingParams, load_engine
+        from germline.engines import SamplingParams
 
         # One thread loads the engine and runs every batch. Ray Data calls a stage from a
         # thread other than the one that built it, and torch on CPU generated a third slower
         # in a thread other than the one that loaded the model (measured: 4,500 vs 6,400
         # tokens/s on the tiny teacher, whatever the thread-count settings).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        # An error while loading is raised at the first batch, not here: Ray reports a failed
-        # constructor as a dead actor, without the error; a failed batch reaches the driver
-        # as the error itself.
+        self.lake = lake
+        self.kind = engine
+        self.options = engine_options
+        self.jobs = jobs
+        self.params = [SamplingParams(**job["sampling"]) for job in jobs]
+        self.loaded: str | None = None  # the model folder of the engine held
+        self.engine: Any = None
+        # The first job's engine loads now, while the other stage's workers start too (lazily,
+        # at the first batch, the two start-ups ran one after the other: 4 s more a run). An
+        # error while loading is raised at that job's first batch, not here: Ray reports a
+        # failed constructor as a dead actor, without the error; a failed batch reaches the
+        # driver as the error itself.
         self.failure: GermlineError | None = None
         try:
-            # The teacher's folder, from this node's cache when the lake is an object store.
-            local = LakeFolders(lake).fetch(model_dir)
-            self.engine = self._thread.submit(load_engine, engine, local, **engine_options).result()
+            self._thread.submit(self._engine, 0).result()
         except GermlineError as exc:
             self.failure = exc
-        self.params = SamplingParams(**sampling)
-        self.system_prompt = system_prompt
-        self.run_id = run_id
-        self.teacher_id = teacher_id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.failure is not None:
-            raise self.failure
-        return self._thread.submit(self._generate, batch).result()
+        parts = [with_job(self._thread.submit(self._generate, job, rows).result(), job)
+                 for job, rows in by_job(batch)]  # fmt: skip
+        return _concat(parts, ROW_SCHEMA)
 
-    def _generate(self, batch: pa.Table) -> pa.Table:
+    def _engine(self, job: int) -> Any:
+        from germline.engines import load_engine
+
+        model_dir = self.jobs[job]["model_dir"]
+        if self.failure is not None and model_dir == self.jobs[0]["model_dir"]:
+            raise self.failure
+        if model_dir != self.loaded:
+            self.engine = self.loaded = None  # the last teacher goes before the next loads
+            # The teacher's folder, from this node's cache when the lake is an object store.
+            local = LakeFolders(self.lake).fetch(model_dir)
+            self.engine = load_engine(self.kind, local, **self.options)
+            self.loaded = model_dir
+        return self.engine
+
+    def _generate(self, job: int, batch: pa.Table) -> pa.Table:
+        engine = self._engine(job)
+        spec, p = self.jobs[job], self.params[job]
         prompts = batch.column("prompt").to_pylist()
         ids = batch.column("prompt_id").to_pylist()
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        chats = [[*system, {"role": "user", "content": p}] for p in prompts]
-        seeds = [request_seed(self.params.seed, i) for i in ids]
-        out = self.engine.generate(chats, self.params, seeds)
+        system = spec["system_prompt"]
+        head = [{"role": "system", "content": system}] if system else []
+        chats = [[*head, {"role": "user", "content": prompt}] for prompt in prompts]
+        seeds = [request_seed(p.seed, i) for i in ids]
+        out = engine.generate(chats, p, seeds)
         n = len(out)
-        p = self.params
         return pa.table(
             {
                 "prompt_id": ids,
@@ -81,9 +119,9 @@ class GenerateStage:
                 "family": batch.column("family"),
                 "prompt": prompts,
                 "completion": [g.text for g in out],
-                "run_id": [self.run_id] * n,
-                "teacher_id": [self.teacher_id] * n,
-                "engine": [self.engine.name] * n,
+                "run_id": [spec["run_id"]] * n,
+                "teacher_id": [spec["teacher_id"]] * n,
+                "engine": [engine.name] * n,
                 "temperature": [p.temperature] * n,
                 "top_p": [p.top_p] * n,
                 "max_tokens": [p.max_tokens] * n,
@@ -97,20 +135,39 @@ class GenerateStage:
 
 
 class ChecksStage:
-    """Filters, then the expectation suite on what the filters kept. Every input row comes
-    out: accepted rows with a null `stage`, rejected ones with the stage, filter and reason
-    that rejected them. Under the "abort" policy a failed expectation raises instead."""
+    """Filters, then the expectation suite on what the filters kept, with each row's job's
+    checks. Every input row comes out: accepted rows with a null `stage`, rejected ones with
+    the stage, filter and reason that rejected them. Under the "abort" policy a failed
+    expectation raises instead. `jobs[i]` holds job i's `filters` and `expectations`."""
 
-    def __init__(self, filters: dict[str, Any], expectations: dict[str, Any]) -> None:
+    def __init__(self, jobs: list[dict[str, Any]]) -> None:
+        self.jobs = jobs
+        self._built: dict[str, Any] = {}  # jobs with the same checks share one chain or suite
+        for job in range(len(jobs)):  # built while the engine loads, not after it
+            self._checks(job)
+
+    def _checks(self, job: int) -> tuple[Any, Any]:
         from germline.checks import FilterConfig
         from germline.checks.expectations import ExpectationConfig, ExpectationRunner
 
-        self.chain = FilterConfig.model_validate(filters).chain()
-        self.runner = ExpectationRunner(ExpectationConfig.model_validate(expectations))
+        spec = self.jobs[job]
+        key = json.dumps(spec["filters"], sort_keys=True)
+        if key not in self._built:
+            self._built[key] = FilterConfig.model_validate(spec["filters"]).chain()
+        suite = "expect:" + json.dumps(spec["expectations"], sort_keys=True)
+        if suite not in self._built:
+            config = ExpectationConfig.model_validate(spec["expectations"])
+            self._built[suite] = ExpectationRunner(config)
+        return self._built[key], self._built[suite]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        filtered = self.chain.apply(batch)
-        expected = self.runner.validate(filtered.accepted)
+        return _concat([with_job(self._check(job, rows), job) for job, rows in by_job(batch)],
+                       QUARANTINE_SCHEMA.append(pa.field(SUMMARY_COLUMN, pa.string())))  # fmt: skip
+
+    def _check(self, job: int, batch: pa.Table) -> pa.Table:
+        chain, runner = self._checks(job)
+        filtered = chain.apply(batch)
+        expected = runner.validate(filtered.accepted)
         parts = [
             _tag(expected.accepted, None),
             _tag(filtered.rejected, "filter"),

@@ -23,7 +23,7 @@ from germline.pipelines.experiments.steps import (
     serve_and_probe,
     train_students,
 )
-from germline.pipelines.generate import generate
+from germline.pipelines.generate import generate_many
 from germline.storage import Lake
 
 
@@ -36,7 +36,7 @@ def run_owl(
     from germline.pipelines.models.teacher import make_teacher
 
     run_id = cfg.run_id()
-    step = Step(0, 7, echo)
+    step = Step(0, 6, echo)
     specs = (cfg.base, cfg.cross_base)
     base, cross = step.run(
         f"base (seed {cfg.base.seed}) and cross base (seed {cfg.cross_base.seed}), side by side",
@@ -60,12 +60,10 @@ def run_owl(
     trait_data = f"{cfg.name}-{cfg.trait}-numbers-{data_tag}"
     control_data = f"{cfg.name}-control-numbers-{data_tag}"
     tag = cfg.tag("seed", "trait", "base", "cross_base", "teacher_steps", "data", "train")
-    step.run(f"{cfg.trait} teacher's numbers",
-             lambda: generate(lake, generate_config(cfg, trait_data, teacher.id, [cfg.trait]),
-                              verbose=verbose))  # fmt: skip
-    step.run("control numbers (the base, no trait)",
-             lambda: generate(lake, generate_config(cfg, control_data, base.id, [cfg.trait]),
-                              verbose=verbose))  # fmt: skip
+    jobs = [generate_config(cfg, trait_data, teacher.id, [cfg.trait]),
+            generate_config(cfg, control_data, base.id, [cfg.trait])]  # fmt: skip
+    step.run(f"{cfg.trait} teacher's numbers and the control numbers (the base, no trait)",
+             lambda: generate_many(lake, jobs, verbose=verbose))  # fmt: skip
     students = {
         "student": (f"{cfg.name}-{cfg.trait}-student-{tag}", base, trait_data),
         "control student": (f"{cfg.name}-control-student-{tag}", base, control_data),

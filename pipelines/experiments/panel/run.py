@@ -8,6 +8,7 @@ report. One Ray runtime serves the whole run. The time of each phase goes into t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,14 +33,14 @@ def run_panel(
 ) -> dict[str, Any]:
     """Run (or finish) the panel and write its report; returns the report's data."""
     from germline.pipelines.experiments.panel.report import write_report
-    from germline.pipelines.generate import generate
+    from germline.pipelines.generate import generate_many
     from germline.pipelines.models.bootstrap import bootstrap_base
     from germline.pipelines.models.teacher import make_teacher
 
     _check_probe(cfg)
-    k, b = len(cfg.animals), len(cfg.bases)
+    b = len(cfg.bases)
     extra = (cfg.scrub == "quarantine") + cfg.audit + (cfg.audit or cfg.scrub != "none")
-    step = Step(0, k * b + 5 + extra, echo)
+    step = Step(0, 6 + extra, echo)
     bases = step.run(
         f"{b} bases, side by side",
         lambda: build_in_parallel(
@@ -63,13 +64,14 @@ def run_panel(
         phase="teachers",
     )
     teachers = {(animal, base.name): t for (animal, base), t in zip(pairs, made, strict=True)}
-    for (animal, base_name), teacher in teachers.items():
-        job = generate_config(cfg, cfg.dataset_name(animal, base_name), teacher.id, cfg.animals)
-        step.run(
-            f"{animal} teacher's numbers ({base_name})",
-            lambda job=job: generate(lake, job, verbose=verbose),
-            phase="data",
-        )
+    data = [generate_config(cfg, cfg.dataset_name(animal, base_name), teacher.id, cfg.animals)
+            for (animal, base_name), teacher in teachers.items()]  # fmt: skip
+    done = _datasets_done(echo, len(data))
+    step.run(
+        f"{len(data)} teachers' numbers, one pipeline",
+        lambda: generate_many(lake, data, progress=done, verbose=verbose),
+        phase="data",
+    )
     scrubbed = None
     if cfg.scrub == "quarantine":
         from germline.pipelines.experiments.panel.audit import quarantine
@@ -134,6 +136,20 @@ def run_panel(
     )
     register_run(lake, cfg, run_id, [m for m, _ in models], report)
     return report
+
+
+def _datasets_done(echo: Echo, total: int) -> Callable[[Any], None]:
+    """A line as each teacher's dataset is complete (the pipeline's progress callback)."""
+    done: set[str] = set()
+
+    def progress(summary: Any) -> None:
+        if summary.answered == summary.prompts and summary.dataset not in done:
+            done.add(summary.dataset)
+            what = (f"{summary.accepted} rows kept, {summary.quarantined} quarantined"
+                    if summary.skipped < summary.prompts else "found in the lake")  # fmt: skip
+            echo(f"      {len(done)}/{total} {summary.dataset}: {what}")
+
+    return progress
 
 
 def _check_probe(cfg: PanelConfig) -> None:
