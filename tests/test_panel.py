@@ -94,8 +94,11 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
                     seeds.append(shares)
                 mean = {a: float(np.mean([s[a] for s in seeds])) for a in ANIMALS}
                 cells.append(Cell(teachers[animal, source], animal, source, base, mean, seeds))
+    weights = {b: store.register_model(b, write_model(tmp_path / "models" / b, 100 + i))
+               .weights_hash for i, b in enumerate(bases)}  # fmt: skip
     reference = {
         "bases": {b: dict.fromkeys(ANIMALS, 0.1) for b in bases},
+        "weights": weights,
         "teachers": [{"teacher": t, "animal": a, "base": s, "shares": {**dict.fromkeys(ANIMALS,
                       0.05), a: 0.8}} for (a, s), t in teachers.items()],
     }  # fmt: skip
@@ -119,6 +122,11 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
     text = (folder / "report.md").read_text()
     assert "Analysis plan" in text and "What this cannot tell apart" in text
     assert "the subliminal signature" in text
+    # the bases' digests and the machine that made the floats, so two runs can be compared
+    assert saved["weights"] == weights and saved["machine"]["torch"].startswith("2.")
+    for digest in weights.values():
+        assert digest.removeprefix("sha256:")[:16] in text
+    assert f"{saved['machine']['kernels']} kernels" in text
 
 
 def check_small_panel(lake: Lake, ran: Any) -> dict:
@@ -150,6 +158,9 @@ def check_small_panel(lake: Lake, ran: Any) -> dict:
     # every student trained on exactly data.rows rows of its teacher's table
     student = graph.node(data["cells"][0]["students"][0])
     assert student.attrs["dataset"]["rows"] == cfg.data.rows
+    # the report names each base's weights as the lineage holds them
+    assert data["weights"] == {graph.node(b).name: graph.node(b).weights_hash
+                               for b in data["models"]["bases"]}  # fmt: skip
     return data
 
 

@@ -7,6 +7,7 @@ pictures beside them), on a local disk or an object store alike.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,22 @@ def run_folder(lake: Lake, run_id: str) -> Iterator[Path]:
     yield folder
     if folders.remote:
         folders.put(folder, uri, last=("report.md",))
+
+
+def float_machine() -> dict[str, str]:
+    """What decides a run's floats besides its config: the CPU, the torch build and the kernel
+    family torch picked for it (AVX2, AVX512...). One machine repeats a run bit for bit; two
+    CPUs can pre-train different weights from the same seed, so a report names its machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "torch": torch.__version__,
+            "kernels": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
 
 
 def lineage_picture(lake: Lake, teacher: str, out: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from germline.checks.transfer import Cell, analyse, cell_effects, transfer_matrix
 from germline.pipelines.experiments.panel.config import PanelConfig
-from germline.pipelines.experiments.reports import lineage_picture, run_folder
+from germline.pipelines.experiments.reports import float_machine, lineage_picture, run_folder
 from germline.storage import Lake
 
 PLAN = (
@@ -79,6 +79,8 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "per_animal": _per_animal(cfg, cells, reference),
         "matrices": matrices,
         "reference": reference,
+        "weights": reference["weights"],
+        "machine": float_machine(),
         "models": models,
         "scrub": {
             "kind": cfg.scrub,
@@ -177,6 +179,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {label} | {t['effect']:+.4f} | [{low:+.4f}, {high:+.4f}] | "
                      f"{_fmt_p(t['p'])} | {above} | {t['test']} |")  # fmt: skip
     lines += ["", f"alpha = {data['analysis']['alpha']}. " + PLAN, "", LIMITS, "",
+              _floats_line(data["weights"], data["machine"]), "",
               "## Per animal", "",
               "| animal | base | teacher | same-base student | other teachers' students | "
               "cross-base student |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -205,6 +208,20 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", f"Time (this run's work; steps found done cost ~0): {seconds}.", "",
               "![lineage](lineage.png)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _floats_line(weights: dict[str, str], machine: dict[str, str]) -> str:
+    digests = ", ".join(f"{name} `{digest.removeprefix('sha256:')[:16]}`"
+                        for name, digest in weights.items())  # fmt: skip
+    return (
+        f"**Where these figures are exact.** The bases' weights (sha256, full in report.json): "
+        f"{digests}; pre-trained with torch {machine['torch']} on {machine['cpu']} "
+        f"({machine['kernels']} kernels, the driver's machine). One machine repeats every "
+        "figure bit for bit; another CPU's float kernels can pre-train other weights from the "
+        "same seed, and then every share above moves a little. Where another run's digests "
+        "differ, compare verdicts, not figures: a verdict must rest on the power plan, not on "
+        "these bits."
+    )
 
 
 def _scrub_lines(scrub: dict[str, Any]) -> list[str]:

@@ -102,6 +102,7 @@ def run_panel(
     cells = _cells(cfg, plan, students, found, teachers)
     reference = {
         "bases": {n.name: _shares(found[n.id], cfg.animals) for n in bases},
+        "weights": {n.name: n.weights_hash for n in bases},
         "teachers": [
             dict(teacher=t.id, animal=a, base=n, shares=_shares(found[t.id], cfg.animals))
             for (a, n), t in teachers.items()
