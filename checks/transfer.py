@@ -23,7 +23,9 @@ The tests, fixed before any data exists (a report states them as its analysis pl
   cross-base test alone is not evidence that the cross-base arm did not move.
 - **intervals**: t-intervals over the cells (teachers), the unit the tests resample.
 - **replication**: a design whose tests cannot reach p < alpha whatever the data (too few
-  teachers) gets "not enough replication for a verdict", never a verdict.
+  teachers) gets "not enough replication for a verdict", never a verdict; so does one whose
+  power for the effect its plan assumes (`checks.power.Plan`, measured on earlier runs) is
+  below the plan's minimum: at that size a verdict is one a seed can flip.
 
 What the tests cannot tell apart: an effect of the animal itself from one of anything else that
 differs between teachers (their adapters' training seeds are the same, their data is their
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from germline.checks.power import Plan, Power
 from germline.checks.stats import sign_flip, t_interval
 
 MAX_EXACT = 200_000  # label reassignments enumerated exactly; beyond, Monte Carlo
@@ -91,6 +94,7 @@ class Analysis:
     verdict: str
     reading: str
     alpha: float
+    power: Power | None = None  # the design's power for the plan's effect, with a plan
 
 
 def _blocks(cells: Sequence[Cell], same: bool) -> list[tuple[list[str], np.ndarray]]:
@@ -157,8 +161,10 @@ def _arm(cells: Sequence[Cell], same: bool, resamples: int) -> tuple[Test, dict[
     return Test(stat, low, high, p, how, len(effects), positive, min_p), effects
 
 
-def analyse(cells: Sequence[Cell], alpha: float = 0.05, resamples: int = 9_999) -> Analysis:
-    """The three pre-registered tests over a panel's cells, and the verdict they allow."""
+def analyse(cells: Sequence[Cell], alpha: float = 0.05, resamples: int = 9_999,
+            plan: Plan | None = None) -> Analysis:  # fmt: skip
+    """The three pre-registered tests over a panel's cells, and the verdict they allow (with a
+    `plan`, only where the design's power for the plan's effect reaches its minimum)."""
     if not 0 < alpha < 1:
         raise ValueError("alpha must be between 0 and 1")
     for source in {c.source for c in cells}:
@@ -181,15 +187,26 @@ def analyse(cells: Sequence[Cell], alpha: float = 0.05, resamples: int = 9_999) 
         f"teachers ({'exact' if n <= 16 else 'Monte Carlo'})", n, sum(v > 0 for v in values),
         2 / 2**n if n <= 16 else 1 / (resamples + 1),
     )  # fmt: skip
-    if max(primary.min_p, difference.min_p) >= alpha:
+    min_p = max(primary.min_p, difference.min_p)
+    power = None if plan is None else plan.power(n, alpha, min_p)
+    if min_p >= alpha:
         decided = not_enough(
             f"with this many teachers the tests cannot reach p < {alpha} whatever the data "
             f"(smallest attainable p: primary {primary.min_p:.3g}, difference "
             f"{difference.min_p:.3g})"
         )
+    elif plan is not None and power is not None and power.verdict < plan.min_power:
+        decided = (
+            "not-enough-replication",
+            f"not enough replication for a verdict at this size; see the confirmation run: "
+            f"for the effect its plan assumes, these {n} teachers give the verdict a power of "
+            f"at least {power.verdict:.2f}, below {plan.min_power} "
+            f"({plan.cells_for(alpha, plan.min_power)} teachers would reach it), so what the "
+            "tests show here is one a seed can flip",
+        )
     else:
         decided = verdict(*((t.effect, t.p) for t in (primary, cross, difference)), alpha)
-    return Analysis(primary, cross, difference, *decided, alpha)
+    return Analysis(primary, cross, difference, *decided, alpha, power)
 
 
 def verdict(primary: tuple[float, float], cross: tuple[float, float],

@@ -72,13 +72,12 @@ def test_animals_the_probe_cannot_read_are_refused_before_any_work(tmp_path: Pat
     assert not (tmp_path / "lake" / "models").exists()
 
 
-def test_report_on_constructed_cells(tmp_path: Path) -> None:
-    """Every field a script reads, the pictures, and the verdict the plan gives."""
+def constructed(tmp_path: Path, cfg: PanelConfig) -> tuple[Lake, list[Cell], dict, dict]:
+    """A lake with registered teachers and bases, and cells of a clear same-base effect (+0.03
+    on each teacher's own base, share noise 0.005, two seeds): the lake, the cells, the
+    reference shares and the model ids a report takes."""
     lake = Lake.resolve(tmp_path / "lake")
     store = LineageStore(lake)
-    cfg = PanelConfig.model_validate({"kind": "panel", "name": "unit", "animals": ANIMALS,
-                                      "bases": [{"seed": 0}, {"seed": 1}],
-                                      "data": {"rows": 100}, "replicates": 2})  # fmt: skip
     rng = np.random.default_rng(0)
     bases = [b.name() for b in cfg.bases]
     teachers, cells = {}, []
@@ -103,8 +102,20 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
                       0.05), a: 0.8}} for (a, s), t in teachers.items()],
     }  # fmt: skip
     ids = {"bases": [], "teachers": list(teachers.values()), "students": []}
+    return lake, cells, reference, ids
+
+
+UNIT = {"kind": "panel", "name": "unit", "animals": ANIMALS, "bases": [{"seed": 0}, {"seed": 1}],
+        "data": {"rows": 100}, "replicates": 2}  # fmt: skip
+
+
+def test_report_on_constructed_cells(tmp_path: Path) -> None:
+    """Every field a script reads, the pictures, and the verdict the plan gives."""
+    cfg = PanelConfig.model_validate(UNIT)
+    lake, cells, reference, ids = constructed(tmp_path, cfg)
+    weights = reference["weights"]
     data = write_report(lake, cfg, "unit-run", cells, reference, ids, {"bases": 1.0})
-    assert data["verdict"] == "signature"
+    assert data["verdict"] == "signature" and data["power"] is None
     for key in ("primary", "cross_base", "difference"):
         assert set(data[key]) >= {"effect", "interval", "p", "test"}
     assert data["primary"]["effect"] == pytest.approx(0.03, abs=0.01)
@@ -113,7 +124,7 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
         "same_base",
         "cross_base",
     }
-    assert data["matrices"][bases[0]]["same_base"]["rows"] == ANIMALS
+    assert data["matrices"][cfg.bases[0].name()]["same_base"]["rows"] == ANIMALS
     folder = lake.local_path("runs", "unit-run")
     for name in ("report.md", "report.json", "transfer.png", "animals.png", "lineage.png"):
         assert (folder / name).stat().st_size > 0, name
@@ -127,6 +138,26 @@ def test_report_on_constructed_cells(tmp_path: Path) -> None:
     for digest in weights.values():
         assert digest.removeprefix("sha256:")[:16] in text
     assert f"{saved['machine']['kernels']} kernels" in text
+
+
+def test_the_demo_plan_gives_no_verdict_at_the_demo_size(tmp_path: Path) -> None:
+    """The same clear cells under experiments/panel.yaml's power plan: 8 teachers are too few
+    for the effect the tuning seeds measured, so the report gives no verdict, says so and
+    points to the confirmation run, and prints the plan and the design's power."""
+    demo = load_config(EXPERIMENTS / "panel.yaml", PanelConfig)
+    assert demo.power is not None
+    cfg = PanelConfig.model_validate({**UNIT, "power": demo.power.model_dump()})
+    lake, cells, reference, ids = constructed(tmp_path, cfg)
+    data = write_report(lake, cfg, "unit-run", cells, reference, ids, {"bases": 1.0})
+    assert data["primary"]["p"] < 0.05 and data["difference"]["p"] < 0.05  # the tests see it
+    assert data["verdict"] == "not-enough-replication"
+    power = data["power"]
+    assert power["cells"] == 8 and power["plan"]["effect"] == demo.power.effect
+    assert power["primary"] == pytest.approx(0.159, abs=0.002) and power["verdict"] < 0.1
+    assert power["teachers_for"] == {"0.8": 54, "0.9": 71}
+    text = lake.local_path("runs", "unit-run", "report.md").read_text()
+    assert "not enough replication for a verdict at this size; see the confirmation run" in text
+    assert "**Power**" in text and "54 teachers reach 0.8" in text and demo.power.measured in text
 
 
 def check_small_panel(lake: Lake, ran: Any) -> dict:

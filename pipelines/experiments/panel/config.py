@@ -13,8 +13,22 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from germline.pipelines.config import digest
+from germline.pipelines.config import Strict, digest
 from germline.pipelines.experiments.recipe import BaseSpec, Distillation
+
+
+class PowerPlan(Strict):
+    """The effect a panel is sized for, measured on earlier runs (never on the run it judges),
+    so the power of a design is fixed with its config before its data exists. A design whose
+    verdict's power is below `min_power` gets "not enough replication for a verdict at this
+    size" whatever its tests show (checks/power.py)."""
+
+    effect: float = Field(gt=0, description="mean same-base effect per teacher (a share)")
+    sd: float = Field(gt=0, description="the same-base effects' standard deviation over teachers")
+    difference: float = Field(gt=0, description="mean same-base minus cross-base effect")
+    difference_sd: float = Field(gt=0, description="its standard deviation over teachers")
+    measured: str = Field(min_length=1, description="where these figures were measured")
+    min_power: float = Field(0.8, gt=0, lt=1, description="the verdict's power a verdict needs")
 
 
 class PanelConfig(Distillation):
@@ -38,6 +52,12 @@ class PanelConfig(Distillation):
         False,
         description="audit every teacher's data and score every cell (transfer score toward "
         "its student base); the report says how well the scores find the transfer",
+    )
+
+    power: PowerPlan | None = Field(
+        None,
+        description="the effect the design is sized for; with it, a report gives a verdict "
+        "only where its power reaches power.min_power",
     )
 
     @field_validator("animals")
@@ -78,7 +98,8 @@ class PanelConfig(Distillation):
         added after runs were made (a mitigation, the audit): left out while at their
         defaults, so those runs keep their ids."""
         content = self.model_dump(mode="json")
-        for key, default in (("scrub", "none"), ("scrub_keep", 0.7), ("audit", False)):
+        defaults = (("scrub", "none"), ("scrub_keep", 0.7), ("audit", False), ("power", None))
+        for key, default in defaults:
             if content[key] == default:
                 del content[key]
         return f"{self.name}-{digest(content)[:12]}"

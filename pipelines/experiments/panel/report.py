@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from germline.checks.transfer import Cell, analyse, cell_effects, transfer_matrix
+from germline.checks.power import Plan
+from germline.checks.transfer import Analysis, Cell, analyse, cell_effects, transfer_matrix
 from germline.pipelines.experiments.panel.config import PanelConfig
 from germline.pipelines.experiments.reports import float_machine, lineage_picture, run_folder
 from germline.storage import Lake
@@ -29,7 +30,8 @@ PLAN = (
     "base. *Difference*: same-base minus cross-base effect per teacher, two-sided sign-flip "
     "test. Intervals: t-intervals over teachers. The verdict is the subliminal signature only "
     "when the primary effect and the difference are both positive with p < alpha; a design "
-    "whose tests cannot reach p < alpha gets no verdict."
+    "whose tests cannot reach p < alpha gets no verdict, and so does one whose power for the "
+    "effect its config's plan assumes is below the plan's minimum."
 )
 
 LIMITS = (
@@ -48,7 +50,8 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
                  scrubbed: list[dict[str, Any]] | None = None,
                  losses: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Analyse the cells by the config's plan and write the report; returns its data."""
-    analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples)
+    plan = None if cfg.power is None else Plan(**cfg.power.model_dump(exclude={"measured"}))
+    analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples, plan)
     bases = [b.name() for b in cfg.bases]
     effects = cell_effects(cells)
     matrices = {
@@ -74,6 +77,7 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "primary": analysis.primary.to_dict(),
         "cross_base": analysis.cross_base.to_dict(),
         "difference": analysis.difference.to_dict(),
+        "power": _power(cfg, plan, analysis),
         "cells": [_cell(c, effects[c.teacher, c.student_base], losses) for c in cells],
         "heldout_loss": _mean_losses(cells, losses),
         "per_animal": _per_animal(cfg, cells, reference),
@@ -98,6 +102,37 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         (folder / "report.json").write_text(json.dumps(data, indent=2))
         (folder / "report.md").write_text(render(data))
     return data
+
+
+def _power(cfg: PanelConfig, plan: Plan | None, analysis: Analysis) -> dict[str, Any] | None:
+    """The plan (as configured), this design's power for it, and the teachers that would
+    reach the plan's minimum and 0.9 at this alpha."""
+    if cfg.power is None or plan is None or analysis.power is None:
+        return None
+    alpha = analysis.alpha
+    targets = sorted({plan.min_power, 0.9})
+    return {
+        "plan": cfg.power.model_dump(mode="json"),
+        **analysis.power.to_dict(),
+        "teachers_for": {str(t): plan.cells_for(alpha, t) for t in targets},
+    }
+
+
+def _power_line(power: dict[str, Any] | None) -> list[str]:
+    if power is None:
+        return []
+    plan = power["plan"]
+    reach = ", ".join(f"{n} teachers reach {t}" for t, n in power["teachers_for"].items())
+    return [
+        f"**Power** (the plan is fixed in the config before the data): the design is sized for "
+        f"a same-base effect of {plan['effect']:+.4f} per teacher (SD {plan['sd']:.4f}) and a "
+        f"difference of {plan['difference']:+.4f} (SD {plan['difference_sd']:.4f}), measured "
+        f"on {plan['measured']}. With {power['cells']} teachers at alpha {power['alpha']}: "
+        f"the primary test's power is at least {power['primary']:.2f}, the difference's "
+        f"{power['difference']:.2f}, the verdict's at least {power['verdict']:.2f} (a verdict "
+        f"needs {plan['min_power']}); {reach} (checks/power.py).",
+        "",
+    ]
 
 
 def _matrix(cells: Sequence[Cell], base: str, same: bool,
@@ -178,7 +213,8 @@ def render(data: dict[str, Any]) -> str:
         above = f"{t['positive']}/{t['cells']}"
         lines.append(f"| {label} | {t['effect']:+.4f} | [{low:+.4f}, {high:+.4f}] | "
                      f"{_fmt_p(t['p'])} | {above} | {t['test']} |")  # fmt: skip
-    lines += ["", f"alpha = {data['analysis']['alpha']}. " + PLAN, "", LIMITS, "",
+    lines += ["", *_power_line(data.get("power")), f"alpha = {data['analysis']['alpha']}. " + PLAN,
+              "", LIMITS, "",
               _floats_line(data["weights"], data["machine"]), "",
               "## Per animal", "",
               "| animal | base | teacher | same-base student | other teachers' students | "
