@@ -30,6 +30,10 @@ The tests, fixed before any data exists (a report states them as its analysis pl
 What the tests cannot tell apart: an effect of the animal itself from one of anything else that
 differs between teachers (their adapters' training seeds are the same, their data is their
 own): the teachers' recipe is shared so the trait is the only designed difference.
+Nor can the primary test alone tell a mean effect from a scatter of effects: its null is that
+the animal matters to no teacher, so teachers whose students move by different amounts that
+average 0 give it small p-values too (tests/test_transfer_stats.py measures it); the sign-flip
+test of the differences keeps its level there, and the verdict needs both.
 """
 
 from __future__ import annotations

@@ -40,7 +40,11 @@ LIMITS = (
     "teacher is read as following the animal; anything else that differs between two teachers' "
     "adapters (the trait examples they saw) goes with it. The students' controls are the other "
     "teachers' students, so what training on a fine-tuned teacher's numbers does by itself "
-    "cancels out."
+    "cancels out. The primary test's null is that the animal matters to no teacher: teachers "
+    "whose students move by different amounts that average 0 also give it small p-values "
+    "(on constructed panels like the README's scatter, 28% below 0.05), so its p alone does not "
+    "tell a mean effect from a scatter of effects; the difference test keeps its level there, "
+    "which is why the verdict needs both."
 )
 
 
