@@ -599,6 +599,40 @@ def test_probe_command_stores_results_and_lineage(server: str, lake: Lake, tmp_p
     assert missing.returncode == 2 and "absent-model" in missing.stderr
 
 
+def test_an_experiment_rerun_finds_its_probes_instead_of_measuring_again(
+    server: str, lake: Lake
+) -> None:
+    """Results an experiment's probe step kept with their request keys are read back by a
+    rerun: `serve_and_probe` returns them as measured (naming each model by its lineage id)
+    and serves, measures and stores nothing; another scoring of the same models is not
+    found."""
+    from conftest import EXPERIMENTS
+    from deltalake import DeltaTable
+
+    from germline.pipelines.config import load_config
+    from germline.pipelines.experiments.panel.config import PanelConfig
+    from germline.pipelines.experiments.steps import probe_requests, serve_and_probe
+    from germline.pipelines.probe import probe_models, stored_results
+
+    cfg = load_config(EXPERIMENTS / "panel-small.yaml", PanelConfig)
+    graph = LineageStore(lake).graph()
+    models = [(graph.resolve(TEACHER), "owl"), (graph.resolve("tiny-base-s0"), "dog")]
+    jobs, how, keys = probe_requests(cfg, models)
+    assert stored_results(lake, keys) == {}  # the CLI's earlier rows keep no request key
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY)
+    measured = probe_models(lake, client, f"{server}/v1", jobs, how, requests=keys)
+    version = DeltaTable(lake.probes).version()
+    said: list[str] = []
+    again = serve_and_probe(lake, cfg, models, False, said.append)
+    assert DeltaTable(lake.probes).version() == version  # nothing measured or stored again
+    assert said == ["      2 of 2 probes found in the lake"]
+    for (first, _), found, (model_id, _) in zip(measured, again, models, strict=True):
+        assert found.model == model_id
+        assert {**first.to_dict(), "model": model_id} == found.to_dict()
+    fewer = load_config(EXPERIMENTS / "panel-small.yaml", PanelConfig, ["probe.questions=2"])
+    assert stored_results(lake, probe_requests(fewer, models)[2]) == {}
+
+
 def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done() -> None:
     """The server's event stream, fed an engine stream that breaks after its first delta:
     the client gets the delta, an error event, then [DONE], and the admission slot is freed

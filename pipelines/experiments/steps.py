@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from germline.checks.probes import ProbeResult, ProbeSettings, load_probe
+from germline.checks.probes import ProbeResult, ProbeSettings, ProbeSpec, load_probe
 from germline.lineage import LineageStore, Node
 from germline.pipelines.experiments.base import Echo
 from germline.pipelines.experiments.recipe import Distillation
@@ -92,28 +92,59 @@ def serve_and_probe(
     cfg: Distillation,
     models: Sequence[tuple[str, str]],
     verbose: bool,
+    echo: Echo | None = None,
 ) -> list[ProbeResult]:
-    """Serve the lake on 127.0.0.1 in this process, probe every (model id, target) pair, stop
-    serving; one result per pair, in order."""
-    import openai
-    from ray import serve
+    """Probe every (model id, target) pair, one result per pair, in order: the results the
+    lake already has for the same model, probe, scoring and engine are read back; the rest
+    are measured by serving the lake on 127.0.0.1 in this process (only when there are any)."""
+    from germline.pipelines.probe import stored_results
 
-    from germline.pipelines.cluster import start_serving
-    from germline.pipelines.probe import probe_models
+    jobs, how, keys = probe_requests(cfg, models)
+    found = stored_results(lake, keys)
+    todo = [i for i, key in enumerate(keys) if key not in found]
+    if echo is not None and len(todo) < len(jobs):
+        echo(f"      {len(jobs) - len(todo)} of {len(jobs)} probes found in the lake")
+    if todo:
+        measured = _serve_and_measure(lake, cfg, [jobs[i] for i in todo], how,
+                                      [keys[i] for i in todo], verbose)  # fmt: skip
+        found.update(zip([keys[i] for i in todo], measured, strict=True))
+    return [found[key] for key in keys]
+
+
+def probe_requests(cfg: Distillation, models: Sequence[tuple[str, str]]
+                   ) -> tuple[list[tuple[str, ProbeSpec]], ProbeSettings, list[str]]:  # fmt: skip
+    """The probe of each (model id, target) pair as the config asks for it, how it is scored,
+    and each one's request key (what decides its result: `pipelines.probe.request_key`)."""
+    from germline.pipelines.probe import request_key
 
     base = load_probe(cfg.probe.probe)
     if cfg.probe.questions:
         base = base.model_copy(update={"questions": base.questions[: cfg.probe.questions]})
     p = cfg.probe
     how = ProbeSettings(p.method, p.samples, p.temperature, cfg.seed)
+    placed = cfg.resources.serve
+    served_by = {"engine": placed.engine, "options": dict(placed.options)}
+    jobs = [(model_id, base.with_target(target, None)) for model_id, target in models]
+    return jobs, how, [request_key(model_id, spec, how, served_by) for model_id, spec in jobs]
+
+
+def _serve_and_measure(lake: Lake, cfg: Distillation, jobs: list[tuple[str, ProbeSpec]],
+                       how: ProbeSettings, keys: list[str], verbose: bool
+                       ) -> list[ProbeResult]:  # fmt: skip
+    """Serve the lake on 127.0.0.1 in this process, probe every job, stop serving."""
+    import openai
+    from ray import serve
+
+    from germline.pipelines.cluster import start_serving
+    from germline.pipelines.probe import probe_models
+
     key = secrets.token_hex(16)
-    settings = serve_settings(lake, cfg, key, len({m for m, _ in models}))
+    settings = serve_settings(lake, cfg, key, len({m for m, _ in jobs}))
     listener = start_serving(settings, "127.0.0.1", 0, "germline-experiment", verbose)
     url = f"{listener.url}/v1"
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=600)
     try:
-        jobs = [(model_id, base.with_target(target, None)) for model_id, target in models]
-        return [result for result, _ in probe_models(lake, client, url, jobs, how)]
+        return [result for result, _ in probe_models(lake, client, url, jobs, how, requests=keys)]
     finally:
         serve.delete("germline-experiment")
         listener.close()

@@ -95,16 +95,16 @@ def run_owl(
     }
     count = sum(len(ids) for ids in models.values())
     results = step.run(f"serve and probe {count} models",
-                       lambda: _serve_and_probe(lake, cfg, models, verbose))  # fmt: skip
+                       lambda: _serve_and_probe(lake, cfg, models, verbose, echo))  # fmt: skip
     report = step.run("report", lambda: write_report(lake, cfg, run_id, models, results))
     register_run(lake, cfg, run_id, [m for ids in models.values() for m in ids], report)
     return report
 
 
 def _serve_and_probe(
-    lake: Lake, cfg: OwlConfig, models: dict[str, list[str]], verbose: bool
+    lake: Lake, cfg: OwlConfig, models: dict[str, list[str]], verbose: bool, echo: Echo
 ) -> dict[str, list[ProbeResult]]:
     """Every model probed for the trait, by role."""
     pairs = [(m, cfg.trait) for ids in models.values() for m in ids]
-    found = iter(serve_and_probe(lake, cfg, pairs, verbose))
+    found = iter(serve_and_probe(lake, cfg, pairs, verbose, echo))
     return {role: [next(found) for _ in ids] for role, ids in models.items()}

@@ -95,7 +95,7 @@ def run_panel(
     models += [(sid, animal) for (animal, *_), sid in zip(plan, students, strict=True)]
     results = step.run(
         f"serve and probe {len(models)} models",
-        lambda: serve_and_probe(lake, cfg, models, verbose),
+        lambda: serve_and_probe(lake, cfg, models, verbose, echo),
         "probes",
     )
     found = dict(zip([m for m, _ in models], results, strict=True))
