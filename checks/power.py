@@ -84,8 +84,9 @@ def design_power(effect: float, sd: float, difference: float, difference_sd: flo
 
 
 def cells_for(effect: float, sd: float, difference: float, difference_sd: float,
-              alpha: float, target: float) -> int:  # fmt: skip
-    """The fewest teachers for which the verdict's power (the product) reaches `target`."""
+              alpha: float, target: float) -> int | None:  # fmt: skip
+    """The fewest teachers for which the verdict's power (the product) reaches `target`; None
+    where more than MAX_CELLS would be needed (an effect too small to plan for)."""
     if not 0 < target < 1:
         raise ValueError("the target power must be between 0 and 1")
     if effect <= 0 or difference <= 0:
@@ -98,9 +99,9 @@ def cells_for(effect: float, sd: float, difference: float, difference_sd: float,
     while not enough(high):  # power grows with n: double, then bisect
         high *= 2
         if high > MAX_CELLS:
-            raise ValueError(f"more than {MAX_CELLS} teachers for power {target}")
+            return None
     low = high // 2
-    while high - low > 1:
+    while high - low > 1:  # low is too few, high is enough
         mid = (low + high) // 2
         low, high = (low, mid) if enough(mid) else (mid, high)
     return high
@@ -121,6 +122,6 @@ class Plan:
         return design_power(self.effect, self.sd, self.difference, self.difference_sd,
                             cells, alpha, min_p)  # fmt: skip
 
-    def cells_for(self, alpha: float, target: float) -> int:
+    def cells_for(self, alpha: float, target: float) -> int | None:
         return cells_for(self.effect, self.sd, self.difference, self.difference_sd, alpha,
                          target)  # fmt: skip

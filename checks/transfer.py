@@ -200,14 +200,15 @@ def analyse(cells: Sequence[Cell], alpha: float = 0.05, resamples: int = 9_999,
             f"{difference.min_p:.3g})"
         )
     elif plan is not None and power is not None and power.verdict < plan.min_power:
+        needed = plan.cells_for(alpha, plan.min_power)
         decided = (
             "not-enough-replication",
             f"not enough replication for a verdict at this size; see the confirmation run: "
             f"for the effect its plan assumes, these {n} teachers give the verdict a power of "
-            f"at least {power.verdict:.2f}, below {plan.min_power} "
-            f"({plan.cells_for(alpha, plan.min_power)} teachers would reach it), so what the "
-            "tests show here is one a seed can flip",
-        )
+            f"at least {power.verdict:.2f}, below {plan.min_power} ("
+            + (f"{needed} teachers would reach it" if needed else "no panel of a feasible size "
+               "would reach it") + "), so what the tests show here is one a seed can flip",
+        )  # fmt: skip
     else:
         decided = verdict(*((t.effect, t.p) for t in (primary, cross, difference)), alpha)
     return Analysis(primary, cross, difference, *decided, alpha, power)

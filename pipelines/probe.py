@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
@@ -74,8 +73,7 @@ def stored_results(lake: Lake, requests: Sequence[str]) -> dict[str, ProbeResult
         return {}
     if "request" not in table.schema().to_arrow().names:
         return {}
-    rows = table.to_pyarrow_table()
-    rows = rows.filter(pc.is_in(rows["request"], pa.array(sorted(set(requests)), pa.string())))
+    rows = table.to_pyarrow_table(filters=[("request", "in", sorted(set(requests)))])
     found: dict[str, ProbeResult] = {}
     for row in sorted(rows.to_pylist(), key=lambda r: r["created_at"]):  # the latest wins
         found[row["request"]] = ProbeResult(

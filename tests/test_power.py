@@ -33,6 +33,7 @@ def test_cells_for_is_the_smallest_design_that_reaches_the_target(
     assert README.power(n, alpha).verdict >= target > README.power(n - 1, alpha).verdict
     with pytest.raises(ValueError, match="positive"):
         cells_for(-0.01, 0.02, 0.01, 0.02, alpha, target)
+    assert cells_for(1e-5, 0.1, 1e-5, 0.1, alpha, target) is None  # past any feasible panel
 
 
 def test_a_design_that_cannot_reach_alpha_has_no_power() -> None:
@@ -78,6 +79,9 @@ def test_a_plan_withholds_the_verdict_from_a_design_too_small_for_it() -> None:
         "not enough replication for a verdict at this size; see the confirmation run"
     )
     assert small.power is not None and small.power.verdict < 0.1 and "54 teachers" in small.reading
+    tiny = analyse(cells, plan=Plan(effect=1e-5, sd=0.1, difference=1e-5, difference_sd=0.1))
+    assert tiny.verdict == "not-enough-replication"
+    assert "no panel of a feasible size" in tiny.reading
     large = analyse(cells, plan=Plan(effect=0.05, sd=0.012, difference=0.05, difference_sd=0.017))
     assert large.verdict == "signature" and large.power is not None
     assert large.power.verdict >= 0.8

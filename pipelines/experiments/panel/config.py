@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from germline.checks.power import Plan
 from germline.pipelines.config import Strict, digest
 from germline.pipelines.experiments.recipe import BaseSpec, Distillation
 
@@ -29,6 +30,10 @@ class PowerPlan(Strict):
     difference_sd: float = Field(gt=0, description="its standard deviation over teachers")
     measured: str = Field(min_length=1, description="where these figures were measured")
     min_power: float = Field(0.8, gt=0, lt=1, description="the verdict's power a verdict needs")
+
+    def plan(self) -> Plan:
+        """The figures the power calculation takes."""
+        return Plan(self.effect, self.sd, self.difference, self.difference_sd, self.min_power)
 
 
 class PanelConfig(Distillation):

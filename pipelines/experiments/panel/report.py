@@ -54,7 +54,7 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
                  scrubbed: list[dict[str, Any]] | None = None,
                  losses: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Analyse the cells by the config's plan and write the report; returns its data."""
-    plan = None if cfg.power is None else Plan(**cfg.power.model_dump(exclude={"measured"}))
+    plan = None if cfg.power is None else cfg.power.plan()
     analysis = analyse(cells, cfg.analysis.alpha, cfg.analysis.resamples, plan)
     bases = [b.name() for b in cfg.bases]
     effects = cell_effects(cells)
@@ -126,7 +126,8 @@ def _power_line(power: dict[str, Any] | None) -> list[str]:
     if power is None:
         return []
     plan = power["plan"]
-    reach = ", ".join(f"{n} teachers reach {t}" for t, n in power["teachers_for"].items())
+    reach = ", ".join(f"{n} teachers reach {t}" if n else f"no feasible panel reaches {t}"
+                      for t, n in power["teachers_for"].items())  # fmt: skip
     return [
         f"**Power** (the plan is fixed in the config before the data): the design is sized for "
         f"a same-base effect of {plan['effect']:+.4f} per teacher (SD {plan['sd']:.4f}) and a "
