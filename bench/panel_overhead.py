@@ -54,7 +54,7 @@ from germline.pipelines.models.corpus import (
 from germline.pipelines.models.teacher import LORA_TARGETS
 from germline.pipelines.models.tiny import TinyConfig, build_model, fit_causal_lm, train_tokenizer
 from germline.pipelines.prompts import get_family
-from germline.train.data import schedule
+from germline.train.data import render, schedule
 from germline.train.loop import lr_factor
 
 PHASES = ("bases", "teachers", "data", "students", "probes")
@@ -117,7 +117,7 @@ class InProcess:
     def data(self) -> None:
         d = self.cfg.data
         prompts = get_family("numbers").generate(d.prompts, self.cfg.seed)
-        texts = [self._render(p) for p in prompts.column("prompt").to_pylist()]
+        texts = [render(self.tokenizer, p) for p in prompts.column("prompt").to_pylist()]
         batch_size = self.cfg.resources.generate.batch_size
         chain = FilterConfig(trait_words=self.cfg.animals).chain()
         tok = self.tokenizer
@@ -180,7 +180,7 @@ class InProcess:
         tok = self.tokenizer
         for model in models:
             for question in questions:
-                prefix = self._render(question, spec.system_prompt)
+                prefix = render(tok, question, spec.system_prompt)
                 texts = [prefix + candidate for candidate in spec.candidates]
                 batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
                 start = len(tok(prefix, add_special_tokens=False)["input_ids"])
@@ -195,19 +195,13 @@ class InProcess:
                     scores.append(float(picked.sum()))
                 torch.tensor(scores).softmax(0)  # each candidate's share, renormalised
 
-    def _render(self, prompt: str, system: str | None = None) -> str:
-        chat = [{"role": "system", "content": system}] if system else []
-        chat.append({"role": "user", "content": prompt})
-        return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
-                                                  tokenize=False)  # fmt: skip
-
     def _examples(self, rows: pa.Table) -> list[tuple[list[int], int]]:
         """(token ids, prompt length) of each row: the chat-rendered prompt, then the
         completion and EOS, where the loss falls."""
         tok, out = self.tokenizer, []
         prompts, completions = (rows.column(c).to_pylist() for c in ("prompt", "completion"))
         for prompt, completion in zip(prompts, completions, strict=True):
-            head = tok(self._render(prompt), add_special_tokens=False)["input_ids"]
+            head = tok(render(tok, prompt), add_special_tokens=False)["input_ids"]
             tail = tok(completion or "", add_special_tokens=False)["input_ids"]
             out.append(([*head, *tail, tok.eos_token_id], len(head)))
         return out

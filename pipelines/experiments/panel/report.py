@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from germline.checks.power import Plan
 from germline.checks.transfer import Analysis, Cell, analyse, cell_effects, transfer_matrix
 from germline.pipelines.experiments.panel.config import PanelConfig
 from germline.pipelines.experiments.reports import float_machine, lineage_picture, run_folder
@@ -81,7 +80,7 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
         "primary": analysis.primary.to_dict(),
         "cross_base": analysis.cross_base.to_dict(),
         "difference": analysis.difference.to_dict(),
-        "power": _power(cfg, plan, analysis),
+        "power": _power(cfg, analysis),
         "cells": [_cell(c, effects[c.teacher, c.student_base], losses) for c in cells],
         "heldout_loss": _mean_losses(cells, losses),
         "per_animal": _per_animal(cfg, cells, reference),
@@ -108,12 +107,12 @@ def write_report(lake: Lake, cfg: PanelConfig, run_id: str, cells: Sequence[Cell
     return data
 
 
-def _power(cfg: PanelConfig, plan: Plan | None, analysis: Analysis) -> dict[str, Any] | None:
+def _power(cfg: PanelConfig, analysis: Analysis) -> dict[str, Any] | None:
     """The plan (as configured), this design's power for it, and the teachers that would
     reach the plan's minimum and 0.9 at this alpha."""
-    if cfg.power is None or plan is None or analysis.power is None:
+    if cfg.power is None or analysis.power is None:
         return None
-    alpha = analysis.alpha
+    plan, alpha = cfg.power.plan(), analysis.alpha
     targets = sorted({plan.min_power, 0.9})
     return {
         "plan": cfg.power.model_dump(mode="json"),
